@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Start local PostgreSQL and Redis for the real-connection tests when they are installed but stopped.
+# Where they are absent this prints why, and those tests skip themselves; it never fails the run.
+set -u
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    echo "services: starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || echo "services: PostgreSQL did not start"
+  fi
+fi
+command -v pg_isready >/dev/null 2>&1 || echo "services: PostgreSQL is not installed; its tests will be skipped"
+if command -v redis-server >/dev/null 2>&1; then
+  if ! (command -v redis-cli >/dev/null 2>&1 && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1); then
+    echo "services: starting Redis"
+    mkdir -p /tmp/sidecar-redis
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no --dir /tmp/sidecar-redis \
+      --logfile /tmp/sidecar-redis/redis.log || echo "services: Redis did not start"
+    sleep 0.5
+  fi
+else
+  echo "services: Redis is not installed; its tests will be skipped"
+fi
+exit 0

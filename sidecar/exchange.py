@@ -1,0 +1,33 @@
+"""``Exchange``: what the pipeline learns about one request, handed to accounting when it ends."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Exchange:
+    request_id: str
+    operation_id: str
+    method: str
+    route: str
+    started: float = field(default_factory=time.perf_counter)
+    wall_time: float = field(default_factory=time.time)
+    caller: object = None
+    model: str | None = None
+    end_user: str | None = None
+    stream: bool = False
+    status: int = 0
+    request_json: object = None
+    upstream_latency: float | None = None
+    usage: object = None
+    cost: float | None = None
+    error: str | None = None
+    finished: bool = False
+    open_stream: bool = False  # counted in the open-streams gauge until finished
+    response_json: object = None  # kept only when Settings.log_bodies asks for bodies in the log
+
+    @property
+    def latency(self) -> float:
+        return time.perf_counter() - self.started

@@ -1,0 +1,73 @@
+"""gunicorn settings for the sidecar, every production choice in one readable place.
+
+Used by the Procfile (``-c python:sidecar.gunicorn_conf``) and by ``mistral-sidecar serve``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from sidecar import metrics
+from sidecar.settings import Settings, SettingsError, is_loopback
+
+# Metrics are written per worker into this directory and merged on scrape; it must exist in the
+# environment before any worker starts (prometheus_client reads it at import). A directory the
+# sidecar made for itself is removed at exit; an operator's own is emptied of stale files.
+_metrics_dir = metrics.prepare_multiproc_dir(os.environ)
+_settings = Settings.from_env()
+
+# Where to listen: loopback by default; the Procfile passes --bind 0.0.0.0:$PORT.
+bind = [f"{_settings.host}:{_settings.port}"]
+
+# gevent: each open stream is a greenlet, not a thread or a process, so one worker holds
+# thousands of concurrent SSE relays; sync workers would hold one request each and be killed
+# by the 30 s worker timeout in the middle of a long stream.
+worker_class = "gevent"
+workers = _settings.workers  # one per core: the sidecar is CPU-bound only in JSON and framing
+worker_connections = 4000  # concurrent requests (streams) per worker
+
+# The heartbeat runs in its own greenlet, so this only catches a worker that is truly stuck.
+timeout = 60
+# SIGTERM: stop accepting, let in-flight requests and streams finish for this long.
+graceful_timeout = int(_settings.graceful_timeout)
+keepalive = 75  # longer than typical client pools keep idle connections, so reuse wins
+max_requests = _settings.max_requests  # 0: never recycle; set to bound slow leaks
+max_requests_jitter = max(1, _settings.max_requests // 10) if _settings.max_requests else 0
+
+# The sidecar writes its own JSON line per request; gunicorn's access log would double it.
+accesslog = None
+errorlog = "-"
+loglevel = "info"
+proc_name = "mistral-sidecar"
+# Never import the app in the master: gevent must patch sockets before requests is imported.
+preload_app = False
+
+
+def on_starting(server) -> None:
+    """Refuse to serve beyond loopback without a master key (an open proxy spends your money)."""
+    if _settings.master_key:
+        return
+    for address in server.cfg.bind:
+        host = address.rsplit(":", 1)[0] if ":" in address else address
+        if not address.startswith("unix:") and not is_loopback(host):
+            raise SettingsError(
+                f"refusing to listen on {address} without a master key: set SIDECAR_MASTER_KEY "
+                "(or general_settings.master_key in the config), or bind to 127.0.0.1"
+            )
+
+
+def worker_exit(server, worker) -> None:
+    """Flush what accounting still holds before the worker goes (recycling or SIGTERM)."""
+    from sidecar import shutdown_hooks
+
+    for hook in shutdown_hooks():
+        hook()
+
+
+def child_exit(server, worker) -> None:
+    """A worker died or was recycled: its live gauges (open streams) stop counting."""
+    metrics.mark_process_dead(worker.pid, _settings.metrics_dir)
+
+
+def on_exit(server) -> None:
+    metrics.remove_multiproc_dir(_metrics_dir)

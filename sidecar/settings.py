@@ -1,0 +1,153 @@
+"""Settings: the environment read once into one frozen object.
+
+This is the only module that reads ``os.environ``; everything else receives a ``Settings``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SPEC = ROOT / "openapi.yaml"
+DEFAULT_CONTRACTS = ROOT / "contracts"
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost: the only binds allowed without a master key."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class SettingsError(ValueError):
+    """A setting has a value the sidecar cannot start with."""
+
+
+def _env_float(env, name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _env_int(env, name: str, default: int) -> int:
+    return int(_env_float(env, name, default))
+
+
+def _env_bool(env, name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _from_config(values: dict, env) -> dict:
+    """Load config.yaml; its master key and database URL apply where the environment sets none."""
+    from .config import load  # settings stays importable without yaml parsing at import time
+
+    config = load(values["config_path"], env)
+    return {"config": config, "master_key": values["master_key"] or config.master_key,
+            "database_url": values["database_url"] or config.database_url}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the sidecar needs to know, resolved once at start-up."""
+
+    mistral_api_base: str = "https://api.mistral.ai"
+    mistral_api_key: str | None = field(default=None, repr=False)
+    mistral_admin_api_key: str | None = field(default=None, repr=False)
+    master_key: str | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    port: int = 4000
+    spec_path: Path = DEFAULT_SPEC
+    connect_timeout: float = 5.0
+    read_timeout: float = 600.0
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_upload_bytes: int = 512 * 1024 * 1024
+    upstream_mode: str = "real"  # real | replay | record
+    contracts_dir: Path = DEFAULT_CONTRACTS
+    pool_size: int = 100
+    database_url: str | None = field(default=None, repr=False)
+    db_path: Path = Path("mistral-sidecar.sqlite3")  # the embedded store when DATABASE_URL is unset
+    redis_url: str | None = field(default=None, repr=False)
+    config_path: Path | None = None
+    config: object = field(default=None, compare=False, repr=False)  # config.Config, loaded from config_path
+    retries: int = 0  # off by default: clients retry already, and a retried POST may be billed twice
+    retry_backoff: float = 0.5
+    retry_max_wait: float = 20.0
+    end_user_header: str = "x-end-user"
+    log_bodies: bool = False
+    metrics_dir: Path | None = None  # PROMETHEUS_MULTIPROC_DIR: each worker's metric files, merged on scrape
+    workers: int = 2
+    graceful_timeout: float = 30.0
+    max_requests: int = 0
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_env(cls, env=None, **overrides) -> Settings:
+        """Build settings from an environment mapping (``os.environ`` by default)."""
+        env = os.environ if env is None else env
+        mode = (env.get("MISTRAL_UPSTREAM") or "real").strip().lower()
+        if mode not in ("real", "replay", "record"):
+            raise SettingsError(f"MISTRAL_UPSTREAM must be real, replay or record, got {mode!r}")
+        values = dict(
+            mistral_api_base=(env.get("MISTRAL_API_BASE") or cls.mistral_api_base).rstrip("/"),
+            mistral_api_key=env.get("MISTRAL_API_KEY") or None,
+            mistral_admin_api_key=env.get("MISTRAL_ADMIN_API_KEY") or None,
+            master_key=env.get("SIDECAR_MASTER_KEY") or None,
+            host=env.get("SIDECAR_HOST") or cls.host,
+            port=_env_int(env, "PORT", cls.port),
+            spec_path=Path(env.get("SIDECAR_SPEC") or DEFAULT_SPEC),
+            connect_timeout=_env_float(env, "SIDECAR_CONNECT_TIMEOUT", cls.connect_timeout),
+            read_timeout=_env_float(env, "SIDECAR_READ_TIMEOUT", cls.read_timeout),
+            max_body_bytes=_env_int(env, "SIDECAR_MAX_BODY_BYTES", cls.max_body_bytes),
+            max_upload_bytes=_env_int(env, "SIDECAR_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
+            upstream_mode=mode,
+            contracts_dir=Path(env.get("SIDECAR_CONTRACTS") or DEFAULT_CONTRACTS),
+            pool_size=_env_int(env, "SIDECAR_POOL_SIZE", cls.pool_size),
+            database_url=env.get("DATABASE_URL") or None,
+            db_path=Path(env.get("SIDECAR_DB_PATH") or cls.db_path),
+            redis_url=env.get("REDIS_URL") or None,
+            config_path=Path(env["SIDECAR_CONFIG"]) if env.get("SIDECAR_CONFIG") else None,
+            end_user_header=(env.get("SIDECAR_END_USER_HEADER") or cls.end_user_header).lower(),
+            log_bodies=_env_bool(env, "SIDECAR_LOG_BODIES", False),
+            metrics_dir=Path(env["PROMETHEUS_MULTIPROC_DIR"]) if env.get("PROMETHEUS_MULTIPROC_DIR") else None,
+            workers=_env_int(env, "WEB_CONCURRENCY", os.cpu_count() or cls.workers),
+            graceful_timeout=_env_float(env, "SIDECAR_GRACEFUL_TIMEOUT", cls.graceful_timeout),
+            max_requests=_env_int(env, "SIDECAR_MAX_REQUESTS", cls.max_requests),
+        )
+        values.update(
+            retries=max(0, _env_int(env, "SIDECAR_RETRIES", cls.retries)),
+            retry_backoff=max(0.0, _env_float(env, "SIDECAR_RETRY_BACKOFF", cls.retry_backoff)),
+            retry_max_wait=max(0.0, _env_float(env, "SIDECAR_RETRY_MAX_WAIT", cls.retry_max_wait)),
+        )
+        if values["config_path"] is not None:
+            values.update(_from_config(values, env))
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def on_loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    def with_(self, **changes) -> Settings:
+        """A copy with some fields changed (tests build many apps from one base)."""
+        return replace(self, **changes)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret this process holds, for scrubbing logs, errors and contracts."""
+        found = [self.mistral_api_key, self.mistral_admin_api_key, self.master_key]
+        found += list(self.extra.get("secrets", ()))
+        found += list(self.config.secrets() if self.config is not None else ())
+        return tuple(s for s in found if s)

@@ -1,0 +1,203 @@
+"""The spec table: openapi.yaml read once into immutable ``Operation`` and ``Endpoint`` records.
+
+Pure (no Flask, no requests). Speakeasy's ``#stream`` path keys name the streaming twin of an
+operation at the same HTTP path; they are folded into one ``Endpoint`` with a ``stream`` twin.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+_PARAM = re.compile(r"{([^}/]+)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    location: str  # path | query | header
+    required: bool
+    schema: dict
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One operation of the spec, as the pipeline needs it."""
+
+    id: str
+    method: str  # upper case
+    path: str  # the HTTP path template, without any "#stream"
+    tag: str
+    body_kind: str | None  # "json" | "multipart" | None
+    body_required: bool
+    body_schema: dict | None
+    params: tuple[Param, ...]
+    streams: bool  # can answer with server-sent events
+    stream_twin: bool  # this is the "#stream" twin (the request is a stream by definition)
+    auth: str  # "bearer" | "admin" | "x-api-key" | "none"
+    handler: str | None  # the sidecar's own handler name; None means proxied to Mistral
+    model_in: str | None  # where the model is named: "body" | "form" | "path" | None
+
+    @property
+    def proxied(self) -> bool:
+        return self.handler is None
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One (method, path) the server answers, with its plain operation and optional stream twin."""
+
+    method: str
+    path: str
+    plain: Operation
+    stream: Operation | None
+
+    def pick(self, wants_stream: bool) -> Operation:
+        return self.stream if (wants_stream and self.stream is not None) else self.plain
+
+
+def flask_rule(path: str) -> str:
+    """``/v1/files/{file_id}`` -> ``/v1/files/<file_id>``."""
+    return _PARAM.sub(r"<\1>", path)
+
+
+def load_document(path: Path | str) -> dict:
+    with open(path, "rb") as fh:
+        return yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def resolve(doc: dict, schema: dict | None) -> dict | None:
+    """Follow local ``$ref`` chains to the schema they name."""
+    seen = 0
+    while isinstance(schema, dict) and "$ref" in schema and seen < 32:
+        ref = schema["$ref"]
+        if not ref.startswith("#/"):
+            return schema
+        node = doc
+        for part in ref[2:].split("/"):
+            node = node[part.replace("~1", "/").replace("~0", "~")]
+        schema, seen = node, seen + 1
+    return schema
+
+
+def _auth(doc: dict, op: dict) -> str:
+    security = op.get("security", doc.get("security") or [])
+    if security == [] or security == [{}]:
+        return "none"
+    names = {name for req in security for name in req}
+    if "AdminApiKey" in names:
+        return "admin"
+    if "DashboardUserContextAuth" in names:
+        return "x-api-key"
+    return "bearer"
+
+
+def _body(doc: dict, op: dict) -> tuple[str | None, bool, dict | None]:
+    body = op.get("requestBody")
+    if not body:
+        return None, False, None
+    content = body.get("content", {})
+    required = bool(body.get("required"))
+    if "application/json" in content:
+        return "json", required, content["application/json"].get("schema", {})
+    if "multipart/form-data" in content:
+        return "multipart", required, content["multipart/form-data"].get("schema", {})
+    kind = next(iter(content), None)
+    return kind, required, None
+
+
+def _streams(doc: dict, op: dict, body_schema: dict | None) -> bool:
+    if op.get("x-sidecar-streams") is not None:
+        return bool(op["x-sidecar-streams"])
+    for response in op.get("responses", {}).values():
+        if "text/event-stream" in ((resolve(doc, response) or {}).get("content") or {}):
+            return True
+    props = (resolve(doc, body_schema) or {}).get("properties") or {}
+    return "stream" in props
+
+
+def _model_in(doc: dict, path: str, kind: str | None, body_schema: dict | None) -> str | None:
+    if "{model_id}" in path:
+        return "path"
+    props = (resolve(doc, body_schema) or {}).get("properties") or {}
+    if "model" in props:
+        return "form" if kind == "multipart" else "body"
+    return None
+
+
+def _operation(doc: dict, method: str, key: str, op: dict, shared_params: list) -> Operation:
+    path, _, fragment = key.partition("#")
+    kind, required, schema = _body(doc, op)
+    params = tuple(
+        Param(p["name"], p["in"], bool(p.get("required")) or p["in"] == "path", p.get("schema") or {})
+        for p in (resolve(doc, raw) for raw in [*shared_params, *op.get("parameters", [])])
+        if p.get("in") in ("path", "query", "header")
+    )
+    return Operation(
+        id=op.get("operationId") or f"{method}_{key}",
+        method=method.upper(),
+        path=path,
+        tag=(op.get("tags") or ["default"])[0],
+        body_kind=kind,
+        body_required=required,
+        body_schema=schema,
+        params=params,
+        streams=fragment == "stream" or _streams(doc, op, schema),
+        stream_twin=fragment == "stream",
+        auth=_auth(doc, op),
+        handler=op.get("x-sidecar-handler"),
+        model_in=_model_in(doc, path, kind, schema),
+    )
+
+
+def operations(doc: dict) -> tuple[Operation, ...]:
+    """Every operation of the document, in document order."""
+    found = []
+    for key, item in doc.get("paths", {}).items():
+        shared = item.get("parameters", [])
+        for method in HTTP_METHODS:
+            if method in item:
+                found.append(_operation(doc, method, key, item[method], shared))
+    return tuple(found)
+
+
+def endpoints(ops: tuple[Operation, ...]) -> tuple[Endpoint, ...]:
+    """Fold ``#stream`` twins into the endpoint that shares their method and path."""
+    plain: dict[tuple[str, str], Operation] = {}
+    twins: dict[tuple[str, str], Operation] = {}
+    for op in ops:
+        (twins if op.stream_twin else plain)[(op.method, op.path)] = op
+    for key, twin in twins.items():
+        plain.setdefault(key, twin)
+    return tuple(
+        Endpoint(method, path, op, twins.get((method, path)) if op is not twins.get((method, path)) else None)
+        for (method, path), op in plain.items()
+    )
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The loaded document and its tables; built once per app."""
+
+    document: dict
+    operations: tuple[Operation, ...]
+    endpoints: tuple[Endpoint, ...]
+
+    @classmethod
+    def load(cls, path: Path | str) -> Spec:
+        return cls.from_document(load_document(path))
+
+    @classmethod
+    def from_document(cls, doc: dict) -> Spec:
+        ops = operations(doc)
+        return cls(doc, ops, endpoints(ops))
+
+    def operation(self, operation_id: str) -> Operation:
+        for op in self.operations:
+            if op.id == operation_id:
+                return op
+        raise KeyError(operation_id)

@@ -1,0 +1,121 @@
+"""Storage: one SQLAlchemy engine (embedded SQLite by default, PostgreSQL by ``DATABASE_URL``) and
+its versioned Alembic migrations, shipped inside the package and run programmatically.
+
+SQLite files are migrated automatically at start-up (a file lock keeps workers from racing);
+PostgreSQL is shared, so it is migrated deliberately (``mistral-sidecar migrate``, the Procfile's
+release step) and start-up only checks that the schema is current.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from . import tables
+
+__all__ = ["tables", "database_url", "make_engine", "migrate", "current_revision", "head_revision", "open_engine",
+           "StoreError"]
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_PG_MIGRATION_LOCK = 0x6D73_6964  # pg_advisory_lock id shared by every `migrate` run
+log = logging.getLogger("sidecar.store")
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used as it is (unreachable, or its schema is behind)."""
+
+
+def database_url(settings) -> str:
+    """``DATABASE_URL`` with PostgreSQL pinned to psycopg 3; else the embedded SQLite file."""
+    url = settings.database_url
+    if not url:
+        return f"sqlite:///{Path(settings.db_path).expanduser().resolve()}"
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL: readers never wait for the writer, so workers reading keys don't queue behind spend updates.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def make_engine(url: str) -> sa.Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 10})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def _config(connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(_config(None)).get_current_head()
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def migrate(engine: sa.Engine, revision: str = "head") -> str | None:
+    """Apply the migrations up to ``revision``; safe to run from several processes at once."""
+    with _migration_lock(engine), engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_MIGRATION_LOCK})
+        command.upgrade(_config(connection), revision)
+    return current_revision(engine)
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: sa.Engine):
+    """Workers starting together on one SQLite file migrate one at a time (PostgreSQL locks in SQL)."""
+    path = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+    if not path or path == ":memory:":
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.migrate-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_engine(settings) -> sa.Engine:
+    """The engine for these settings, with its schema current (SQLite) or checked (PostgreSQL)."""
+    url = database_url(settings)
+    engine = make_engine(url)
+    head = head_revision()
+    try:
+        current = current_revision(engine)
+    except sa.exc.OperationalError as exc:
+        raise StoreError(f"database {engine.url.render_as_string(hide_password=True)} is unreachable: "
+                         f"{exc.orig}") from None
+    if current == head:
+        return engine
+    if engine.dialect.name == "sqlite":
+        log.info("migrating %s from %s to %s", engine.url.database, current, head)
+        migrate(engine)
+        return engine
+    raise StoreError(f"database schema is at {current or 'nothing'}, this sidecar needs {head}: "
+                     "run `mistral-sidecar migrate` (the Procfile's release step does)")

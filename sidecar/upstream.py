@@ -1,0 +1,157 @@
+"""The upstream connection: one pooled transport adapter per process, and the outbound header policy.
+
+The ``requests`` transport adapter is the only seam between real traffic, contract replay and
+recording (see ``transports.py``): the pipeline never branches on the mode. Requests go straight
+to ``adapter.send`` with a prepared request built here, without a ``Session``: the session's
+per-call merging of settings, hooks and cookie jars cost about 200 us a request and bought nothing
+(no cookies, redirects, proxies or environment lookups belong in a proxy).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests.models import PreparedRequest
+from requests.structures import CaseInsensitiveDict
+from requests.utils import requote_uri
+
+from .errors import UpstreamTimeout, UpstreamUnavailable
+from .settings import Settings
+
+# RFC 9110 7.6.1 hop-by-hop headers, plus those the sidecar recomputes or must never pass on.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+    "transfer-encoding", "upgrade", "proxy-connection",
+})
+DROP_OUTBOUND = HOP_BY_HOP | {"host", "authorization", "x-api-key", "content-length", "cookie", "accept-encoding"}
+DROP_INBOUND = HOP_BY_HOP | {"content-length", "content-encoding", "set-cookie", "server", "date"}
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an operation is sent and with which credentials (per model alias, see config)."""
+
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+    admin_key: str | None = field(default=None, repr=False)
+
+    def credentials(self, auth: str) -> dict[str, str]:
+        if auth == "x-api-key":
+            return {"x-api-key": self.api_key} if self.api_key else {}
+        key = self.admin_key if auth == "admin" and self.admin_key else self.api_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def outbound_headers(client_headers, target: Target, auth: str, drop: frozenset[str] = frozenset()) -> dict:
+    """The client's headers minus hop-by-hop, client credentials and sidecar-only ones, plus ours."""
+    headers = {}
+    for name, value in client_headers.items():
+        low = name.lower()
+        if low in DROP_OUTBOUND or low in drop or low.startswith("x-sidecar-"):
+            continue
+        headers[name] = value
+    headers.update(target.credentials(auth))
+    return headers
+
+
+def inbound_headers(upstream_headers, drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """Upstream response headers safe to relay (bodies are re-framed by the WSGI server)."""
+    return [(k, v) for k, v in upstream_headers.items() if k.lower() not in DROP_INBOUND and k.lower() not in drop]
+
+
+def _rewindable(body) -> bool:
+    return body is None or isinstance(body, (bytes, bytearray, str)) or (
+        hasattr(body, "seek") and hasattr(body, "read"))
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date (RFC 9110 10.2.3); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+class Upstream:
+    """Owns the pooled transport to Mistral and turns transport failures into sidecar errors."""
+
+    def __init__(self, settings: Settings, adapter: HTTPAdapter | None = None):
+        self.settings = settings
+        self.timeout = (settings.connect_timeout, settings.read_timeout)
+        self.default_target = Target(settings.mistral_api_base, settings.mistral_api_key,
+                                     settings.mistral_admin_api_key)
+        self.adapter = adapter or HTTPAdapter(pool_connections=4, pool_maxsize=settings.pool_size, max_retries=0)
+
+    @staticmethod
+    def prepare(method: str, url: str, headers: dict, body) -> PreparedRequest:
+        """What ``Session.prepare_request`` would build for a proxy: no cookies, auth, hooks or env."""
+        prepared = PreparedRequest()
+        prepared.method = method
+        prepared.url = requote_uri(url)
+        prepared.headers = CaseInsensitiveDict(headers)
+        prepared.headers["Accept-Encoding"] = "gzip, deflate"
+        if isinstance(body, (bytes, bytearray)):
+            prepared.headers["Content-Length"] = str(len(body))
+        elif body is None and method not in ("GET", "HEAD"):
+            prepared.headers["Content-Length"] = "0"
+        prepared.body = body
+        prepared.hooks = {"response": []}
+        return prepared
+
+    def send(self, target: Target, method: str, path: str, query: str, headers: dict, body) -> requests.Response:
+        """Send one request; the response body is left unread (``stream=True``) for the relay.
+
+        Retries (``SIDECAR_RETRIES``, off by default) cover 429/5xx answers and connection errors,
+        waiting ``Retry-After`` or an exponential backoff, capped. They happen before a byte is
+        relayed, so a stream is never retried once it started; a body that cannot be re-read is
+        never retried either.
+        """
+        url = target.base_url + path + (f"?{query}" if query else "")
+        attempts = 1 + (self.settings.retries if _rewindable(body) else 0)
+        for attempt in range(1, attempts + 1):
+            if attempt > 1 and hasattr(body, "seek"):
+                body.seek(0)
+            try:
+                response = self.adapter.send(self.prepare(method, url, headers, body), stream=True,
+                                             timeout=self.timeout, verify=True, cert=None, proxies={})
+            except requests.exceptions.ConnectionError as exc:  # includes ConnectTimeout, not ReadTimeout
+                if attempt == attempts:
+                    raise self._error(exc) from None
+                self._sleep(attempt, None)
+                continue
+            except requests.exceptions.RequestException as exc:
+                raise self._error(exc) from None
+            if attempt == attempts or response.status_code not in RETRY_STATUSES:
+                return response
+            retry_after = response.headers.get("Retry-After")
+            response.close()
+            self._sleep(attempt, retry_after)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _sleep(self, attempt: int, retry_after: str | None) -> None:
+        """Wait before the next attempt: the upstream's ``Retry-After`` if given, else backoff with jitter."""
+        wait = _retry_after_seconds(retry_after)
+        if wait is None:
+            wait = self.settings.retry_backoff * (2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+        time.sleep(min(max(wait, 0.0), self.settings.retry_max_wait))
+
+    def _error(self, exc: requests.exceptions.RequestException):
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            return UpstreamTimeout(f"Upstream did not accept a connection within {self.timeout[0]:g} s")
+        if isinstance(exc, requests.exceptions.ReadTimeout):
+            return UpstreamTimeout(f"Upstream did not answer within {self.timeout[1]:g} s")
+        return UpstreamUnavailable(f"Upstream unreachable: {type(exc).__name__}")
+
+    def close(self) -> None:
+        self.adapter.close()
