@@ -213,7 +213,8 @@ def test_budget_is_enforced_then_resets_with_its_period(client, app, new_key):
     assert "max_budget $0.000001" in body["message"] and "spent $0.0000" in body["message"]
 
     later = lambda: time.time() + 3601  # noqa: E731
-    keys(app).clock = app.extensions["sidecar"].accountant.limits.clock = later
+    accountant = app.extensions["sidecar"].accountant
+    keys(app).clock = accountant.limits.clock = accountant.spend.clock = later
     assert chat(client, key).status_code == 200  # a new period starts with nothing spent
 
 
