@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from sidecar import create_app
+from sidecar.pipeline import Pipeline
 from sidecar.settings import Settings
 
 from .fakes import FakeMistral
@@ -64,3 +67,47 @@ def live_sidecar(app):
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     server.server_close()
+
+
+# -- the secret scan: every log line of the whole run is checked for every secret the run used ------------
+VIRTUAL_KEY = re.compile(r"sk-[A-Za-z0-9_-]{43}")  # the shape of every generated key (previews are sk-...abcd)
+SECRETS: set[str] = {MISTRAL_KEY}
+
+
+class LogTap(logging.Handler):
+    """Keeps every record's formatted text, from every logger, for the scan after each test."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+TAP = LogTap()
+
+
+def pytest_configure(config):
+    """Tap the root logger and learn the secrets of every app the run builds (master, Mistral, config keys)."""
+    root = logging.getLogger()
+    root.addHandler(TAP)
+    root.setLevel(min(root.level, logging.INFO) or logging.INFO)
+    built = Pipeline.__init__
+
+    def learning_init(self, settings, *args, **kwargs):
+        SECRETS.update(settings.secrets())
+        built(self, settings, *args, **kwargs)
+    Pipeline.__init__ = learning_init
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_logs():
+    """Fails any test during which a log line carried a secret (a virtual key by its shape, or a known one)."""
+    start = len(TAP.lines)
+    yield
+    lines, TAP.lines = TAP.lines[start:], TAP.lines[:start]
+    for line in lines:
+        found = VIRTUAL_KEY.search(line)
+        leaked = found.group() if found else next((s for s in SECRETS if s in line), None)
+        assert leaked is None, f"a secret reached the logs: {line.replace(leaked, '<the secret>')[:300]!r}"
