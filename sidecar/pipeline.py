@@ -71,6 +71,8 @@ class Pipeline:
         body = None
         try:
             caller = ex.caller = self.auth.authenticate(request.headers) if op.auth != "none" else None
+            if op.auth == "master":  # before the body: only the master key learns what the route accepts
+                self.auth.require_master(caller)
             body = self._read_body(op)
             self._translate(op, body)
             op = endpoint.pick(self._wants_stream(body))

@@ -38,7 +38,7 @@ class Operation:
     params: tuple[Param, ...]
     streams: bool  # can answer with server-sent events
     stream_twin: bool  # this is the "#stream" twin (the request is a stream by definition)
-    auth: str  # "bearer" | "admin" | "x-api-key" | "none"
+    auth: str  # "bearer" | "master" (the sidecar's own admin routes) | "admin" | "x-api-key" | "none"
     handler: str | None  # the sidecar's own handler name; None means proxied to Mistral
     model_in: str | None  # where the model is named: "body" | "form" | "path" | None
 
@@ -89,6 +89,8 @@ def _auth(doc: dict, op: dict) -> str:
     if security == [] or security == [{}]:
         return "none"
     names = {name for req in security for name in req}
+    if "SidecarMasterKey" in names:
+        return "master"
     if "AdminApiKey" in names:
         return "admin"
     if "DashboardUserContextAuth" in names:
