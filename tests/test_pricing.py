@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import re
+
 import pytest
 
 from sidecar.pricing import PriceTable
@@ -123,3 +126,53 @@ def test_costs_carry_no_float_noise(prices):
     usage = Usage(prompt_tokens=3, completion_tokens=7)
     cost = prices.cost("mistral-large-latest", usage)  # 3*0.5/1e6 + 7*1.5/1e6 = 0.000012
     assert cost == 0.000012 and repr(cost) == "1.2e-05"
+
+
+# -- the shipped table against Mistral's published prices (../shared/reference/mistral-api.md §9) ---------
+def _reference_rows() -> list[tuple[list[str], str, str]]:
+    from .conftest import REFERENCE
+
+    notes = REFERENCE / "mistral-api.md"
+    if not notes.exists():
+        pytest.skip(f"{notes} is absent (a clone without ../shared): the price table is not compared")
+    section = notes.read_text().split("## 9.", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and "`" in cells[1]:
+            rows.append((re.findall(r"`([^`]+)`", cells[1]), cells[3], cells[4]))
+    return rows
+
+
+def _dollars(cell: str, unit: str) -> float | None:
+    """The USD amount given per ``unit`` in a price cell (``$0.3 (€0.26) /M Tokens; ...``), if any."""
+    for part in cell.split(";"):
+        found = re.match(r"\s*(?:free \()?\$([0-9.]+)[^/]*/\s*" + re.escape(unit) + r"\s*(\[Input\]|\[Output\])?\s*\)?\s*$",
+                         part)
+        if found:
+            return float(found.group(1))
+    return None
+
+
+def test_every_published_price_is_in_the_shipped_table(prices):
+    rows = _reference_rows()
+    named = collections.Counter(name for names, _, _ in rows for name in names)
+    checked = 0
+    for names, given, taken in rows:
+        expected = {
+            "input_per_mtok": _dollars(given, "M Tokens"),
+            "output_per_mtok": _dollars(taken, "M Tokens"),
+            "ocr_per_kpage": _dollars(given, "1000 Pages"),
+            "ocr_annotated_per_kpage": _dollars(given, "1000 Annotated Pages"),
+            "audio_per_minute": _dollars(given, "Min"),
+            "tts_per_mchar": _dollars(taken, "M Chars"),
+        }
+        expected = {unit: value for unit, value in expected.items() if value is not None}
+        for name in names:
+            if named[name] > 1 or not expected:
+                continue  # a name the source prices twice (see prices.yaml), or a model without a price
+            price = prices.price_for(name)
+            assert price is not None, f"{name} is published with prices but missing from prices.yaml"
+            assert {unit: getattr(price, unit) for unit in expected} == expected, name
+            checked += 1
+    assert checked >= 50, f"only {checked} model names compared: has the reference's table changed shape?"
