@@ -46,7 +46,9 @@ def info(pipeline, ex, body, path_params):
 def update(pipeline, ex, body, path_params):
     _master(pipeline, ex)
     fields = _fields(body)
-    return jsonify(_store(pipeline).update(fields.pop("key"), fields))
+    answer = _store(pipeline).update(fields.pop("key"), fields)
+    pipeline.accountant.spend.forget(answer["token"])  # an operator may have set its spend
+    return jsonify(answer)
 
 
 def delete(pipeline, ex, body, path_params):

@@ -9,6 +9,7 @@ worker has finished its in-flight requests. A record is queued before a plain an
 returned, and before a stream's ``close`` returns, so every answered request is in the log.
 
 Budgets read ``key_spend``: the committed spend plus what this process has queued but not written.
+The committed part is cached per process for ``SPEND_TTL`` seconds (see ``key_spend`` for why that is safe).
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 
 from .errors import BadRequest
-from .keys import parse_duration
+from .keys import CACHE_MAX, parse_duration
 from .store.tables import keys as keys_table
 from .store.tables import spend_logs
 
 log = logging.getLogger("sidecar.spend")
 FLUSH_INTERVAL = 0.05  # seconds a record may wait in memory before the writer wakes
 MAX_BATCH = 2000  # rows per transaction
+# Seconds a worker trusts the committed spend it read for a key; the same bound as the key cache
+# (keys.CACHE_TTL), within which every worker already sees a key's other changes.
+SPEND_TTL = 0.5
 # Probes and scrapes are not spend: a liveness check every few seconds would bury the real records.
 UNRECORDED = frozenset({"sidecar_health_liveliness", "sidecar_health_readiness", "sidecar_metrics"})
 GROUPS = ("key", "model", "end_user", "day")
@@ -60,12 +64,16 @@ def _short(value, size: int = 255):
 class SpendLog:
     """Queue, background writer and queries over ``spend_logs``; one per app (and engine)."""
 
-    def __init__(self, engine: sa.Engine, *, clock=time.time, flush_interval: float = FLUSH_INTERVAL):
+    def __init__(self, engine: sa.Engine, *, clock=time.time, flush_interval: float = FLUSH_INTERVAL,
+                 spend_ttl: float = SPEND_TTL):
         self.engine = engine
         self.clock = clock
         self.flush_interval = flush_interval
+        self.spend_ttl = spend_ttl
         self._queue: collections.deque = collections.deque()
         self._pending_cost: dict[str, float] = {}  # key hash -> queued, unwritten cost
+        # key hash -> (monotonic time read, committed spend, budget_reset_at)
+        self._committed: dict[str, tuple[float, float, float | None]] = {}
         self._cost_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one writer at a time; readers of key spend see no half-flush
         self._wake = threading.Event()
@@ -136,9 +144,12 @@ class SpendLog:
                 connection.execute(_charge_statement(key_hash, cost, duration, now))
 
     def _forget_pending(self, batch: list) -> None:
+        """The batch is committed: its cost leaves the pending sums and the cached committed spend
+        of its keys is dropped in the same step, so no reader counts it twice or not at all."""
         with self._cost_lock:
             for _row, charge in batch:
                 if charge is not None:
+                    self._committed.pop(charge[0], None)
                     left = self._pending_cost.get(charge[0], 0.0) - charge[1]
                     if left > 1e-12:
                         self._pending_cost[charge[0]] = left
@@ -159,17 +170,40 @@ class SpendLog:
 
     # -- reading --------------------------------------------------------------------------------------
     def key_spend(self, key_hash: str) -> float:
-        """The key's spend this budget period: written records plus this process's queued ones."""
-        with self._flush_lock:
-            with self.engine.connect() as connection:
-                row = connection.execute(sa.select(keys_table.c.spend, keys_table.c.budget_reset_at)
-                                         .where(keys_table.c.token == key_hash)).first()
-            with self._cost_lock:
-                pending = self._pending_cost.get(key_hash, 0.0)
-        if row is None:
-            return pending
-        ended = row.budget_reset_at is not None and row.budget_reset_at <= self.clock()
-        return (0.0 if ended else (row.spend or 0.0)) + pending
+        """The key's spend this budget period: written records plus this process's queued ones.
+
+        Budgets check this on every request of a key with a ``max_budget``, and every priced answer
+        shows it (``x-sidecar-key-spend``), so the committed part is cached for ``spend_ttl``: this
+        process's own spend is always exact (its pending sum is read fresh, and a flush drops the
+        cached value of the keys it charged), while other workers' spend shows within ``spend_ttl``
+        plus their flush interval, about as stale as their unflushed queues already make it. A
+        budget is a soft limit either way: requests in flight when it is reached still finish.
+        """
+        now = time.monotonic()
+        with self._cost_lock:
+            hit = self._committed.get(key_hash)
+            pending = self._pending_cost.get(key_hash, 0.0)
+        if hit is None or now - hit[0] >= self.spend_ttl:
+            with self._flush_lock:  # no half-written batch: the DB and the pending sums agree
+                with self.engine.connect() as connection:
+                    row = connection.execute(sa.select(keys_table.c.spend, keys_table.c.budget_reset_at)
+                                             .where(keys_table.c.token == key_hash)).first()
+                with self._cost_lock:
+                    pending = self._pending_cost.get(key_hash, 0.0)
+                    if row is None:
+                        return pending
+                    hit = (now, row.spend or 0.0, row.budget_reset_at)
+                    if len(self._committed) >= CACHE_MAX:
+                        self._committed.clear()
+                    self._committed[key_hash] = hit
+        _read, spend, reset_at = hit
+        ended = reset_at is not None and reset_at <= self.clock()
+        return (0.0 if ended else spend) + pending
+
+    def forget(self, key_hash: str) -> None:
+        """Drop this process's cached spend of a key (after an operator sets it)."""
+        with self._cost_lock:
+            self._committed.pop(key_hash, None)
 
     def logs(self, filters: dict, page: int = 1, size: int = 100) -> dict:
         where = _where(filters)
