@@ -129,9 +129,12 @@ class Metrics:
 
 
 def scrape(pipeline, ex, body, path_params):
-    """Handler of ``GET /metrics``."""
-    from flask import Response
+    """Handler of ``GET /metrics``: open like the probes, or for the master key only (``SIDECAR_METRICS_AUTH``)."""
+    from flask import Response, request
 
+    if pipeline.settings.metrics_auth:
+        ex.caller = pipeline.auth.authenticate(request.headers)
+        pipeline.auth.require_master(ex.caller)
     return Response(pipeline.accountant.metrics.scrape(), 200, {"Content-Type": CONTENT_TYPE})
 
 

@@ -89,6 +89,7 @@ class Settings:
     end_user_header: str = "x-end-user"
     log_bodies: bool = False
     metrics_dir: Path | None = None  # PROMETHEUS_MULTIPROC_DIR: each worker's metric files, merged on scrape
+    metrics_auth: bool = False  # /metrics open like the health probes, unless the operator asks for the master key
     workers: int = 2
     graceful_timeout: float = 30.0
     max_requests: int = 0
@@ -122,6 +123,7 @@ class Settings:
             config_path=Path(env["SIDECAR_CONFIG"]) if env.get("SIDECAR_CONFIG") else None,
             end_user_header=(env.get("SIDECAR_END_USER_HEADER") or cls.end_user_header).lower(),
             log_bodies=_env_bool(env, "SIDECAR_LOG_BODIES", False),
+            metrics_auth=_env_bool(env, "SIDECAR_METRICS_AUTH", False),
             metrics_dir=Path(env["PROMETHEUS_MULTIPROC_DIR"]) if env.get("PROMETHEUS_MULTIPROC_DIR") else None,
             workers=_env_int(env, "WEB_CONCURRENCY", os.cpu_count() or cls.workers),
             graceful_timeout=_env_float(env, "SIDECAR_GRACEFUL_TIMEOUT", cls.graceful_timeout),

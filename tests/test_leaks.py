@@ -147,6 +147,21 @@ def test_own_routes_refuse_callers_without_a_sidecar_key(guarded, fake, op, cred
     assert fake.seen == []
 
 
+def test_metrics_are_open_by_default_and_need_the_master_key_when_configured(make_app, fake):
+    fake.on("POST", "/v1/chat/completions", json_body=chat_body())
+    open_ = make_app(master_key=MASTER).test_client()
+    assert open_.get("/metrics").status_code == 200
+    guarded = make_app(master_key=MASTER, metrics_auth=True).test_client()
+    alice = _virtual_key(guarded, key_alias="alice")
+    guarded.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {alice['key']}"})
+    for credentials in ({}, {"Authorization": f"Bearer {alice['key']}"}, {"Authorization": f"Bearer {MISTRAL_KEY}"}):
+        refused = guarded.get("/metrics", headers=credentials)
+        assert refused.status_code == 401 and refused.json["type"] == "authentication_error"
+    scraped = guarded.get("/metrics", headers={"Authorization": f"Bearer {MASTER}"})
+    assert scraped.status_code == 200 and b"sidecar_requests" in scraped.data
+    _assert_clean("/metrics", scraped.get_data(as_text=True), _secrets(alice["key"], alice["token"]))
+
+
 MASTER_ONLY = [op for op in OWN_ROUTES if op.auth == "master"]
 
 
