@@ -104,7 +104,7 @@ def run(seconds: float, rate: float, workers: int, out: Path) -> dict:
     lock = threading.Lock()
     local = threading.local()
     try:
-        with gunicorn_sidecar(env, workers=workers, log_path=state / "sidecar.log", start_timeout=120) as (url, process):
+        with gunicorn_sidecar(env, workers=workers, log_path=state / "sidecar.log") as (url, process):
             key = requests.post(url + "/key/generate", json={"key_alias": "soak"},
                                 headers={"Authorization": f"Bearer {MASTER}"}, timeout=10).json()["key"]
             workers_pids = [p for p in tree_pids(process.pid) if p != process.pid]

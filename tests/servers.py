@@ -21,7 +21,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_up(url: str, process: subprocess.Popen, log_path: Path | None = None, timeout: float = 30.0) -> None:
+def wait_until_up(url: str, process: subprocess.Popen, log_path: Path | None = None, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -36,8 +36,10 @@ def wait_until_up(url: str, process: subprocess.Popen, log_path: Path | None = N
 
 
 @contextlib.contextmanager
-def gunicorn_sidecar(env: dict[str, str], workers: int = 1, log_path: Path | None = None, start_timeout: float = 30.0):
-    """Run ``mistral-sidecar serve`` (gunicorn + gevent) on a free loopback port; yields its URL."""
+def gunicorn_sidecar(env: dict[str, str], workers: int = 1, log_path: Path | None = None, start_timeout: float = 120.0):
+    """Run ``mistral-sidecar serve`` (gunicorn + gevent) on a free loopback port; yields its URL and process.
+
+    ``start_timeout`` is generous: a loaded CI machine starts workers slowly."""
     port = free_port()
     full_env = {**os.environ, **env, "PORT": str(port), "SIDECAR_HOST": "127.0.0.1", "WEB_CONCURRENCY": str(workers)}
     stderr = open(log_path, "wb") if log_path else subprocess.PIPE

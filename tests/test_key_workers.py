@@ -4,9 +4,6 @@ Redis), and a revoked key refused by every worker within a second."""
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,49 +13,18 @@ import requests
 from .conftest import MISTRAL_KEY
 from .databases import redis_url
 from .fakes import chat_body
+from .servers import gunicorn_sidecar
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
 MASTER = "sk-master-workers-0123456789"
 PROMPT = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "Hi"}]}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def gunicorn(env: dict, workers: int, log: Path):
-    """``gunicorn 'sidecar:create_app()' -c python:sidecar.gunicorn_conf`` on a free loopback port."""
-    port = _free_port()
-    full_env = {**os.environ, **env, "PORT": str(port), "SIDECAR_HOST": "127.0.0.1", "WEB_CONCURRENCY": str(workers)}
-    with open(log, "ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "gunicorn", "sidecar:create_app()", "-c",
-                                    "python:sidecar.gunicorn_conf"], cwd=ROOT, env=full_env,
-                                   stdout=subprocess.DEVNULL, stderr=out)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120  # a loaded CI machine starts workers slowly
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "gunicorn did not come up"
-            try:
-                if requests.get(url + "/health/liveliness", timeout=0.5).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
+    """The sidecar under its production gunicorn settings; yields its URL."""
+    with gunicorn_sidecar(env, workers=workers, log_path=log) as (url, _):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture

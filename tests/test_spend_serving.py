@@ -59,7 +59,7 @@ def test_no_spend_record_is_lost_on_sigterm_or_worker_recycling(fake, tmp_path):
     stop = threading.Event()
     log_path = tmp_path / "sidecar.log"
     env = env_for(fake, tmp_path, SIDECAR_MAX_REQUESTS="40")
-    with gunicorn_sidecar(env, workers=2, log_path=log_path, start_timeout=120) as (url, process):
+    with gunicorn_sidecar(env, workers=2, log_path=log_path) as (url, process):
         auth = {"Authorization": f"Bearer {MASTER}"}
 
         def client(n: int) -> None:
@@ -115,7 +115,7 @@ def test_metrics_from_two_workers_are_summed_and_logs_hold_no_secret(fake, tmp_p
     metrics_dir = tmp_path / "prom"
     log_path = tmp_path / "sidecar.log"
     env = env_for(fake, tmp_path, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
-    with gunicorn_sidecar(env, workers=2, log_path=log_path, start_timeout=120) as (url, _process):
+    with gunicorn_sidecar(env, workers=2, log_path=log_path) as (url, _process):
         master = {"Authorization": f"Bearer {MASTER}"}
         generated = requests.post(url + "/key/generate", json={"key_alias": "app-one"}, headers=master, timeout=5)
         assert generated.status_code == 200, generated.text
