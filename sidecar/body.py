@@ -57,7 +57,10 @@ def read_json(request, limit: int, required: bool) -> Body:
     """Read and parse a JSON body; malformed JSON is a 400, a missing required body a 422."""
     _check_length(request, limit)
     mimetype = request.mimetype
-    raw = request.stream.read(limit + 1)
+    length = request.content_length
+    # With a length, read just that: read(limit + 1) on werkzeug's LimitedStream allocates (and
+    # zeroes) a buffer of the whole limit, 32 MiB by default, on every request.
+    raw = request.stream.read(length if length is not None else limit + 1)
     if len(raw) > limit:
         raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
     if not raw.strip():
