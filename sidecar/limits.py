@@ -47,25 +47,23 @@ class Limits:
         if not limits or ex.operation_id in self.exempt:
             return _no_release
         self._check_budget(limits, caller.key_hash)
+        tpm, parallel, rpm = limits.get("tpm_limit"), limits.get("max_parallel_requests"), limits.get("rpm_limit")
+        if tpm is None and parallel is None and rpm is None:
+            return _no_release
         name = caller.key_hash
-        tpm = limits.get("tpm_limit")
-        if tpm is not None:
-            used, oldest = self.counters.total(f"tpm:{name}", WINDOW)
-            if used >= tpm:
-                raise RateLimited(f"Rate limit: this key used {used} of its {tpm} tokens per minute.",
-                                  code="tpm_limit_exceeded", retry_after=self._wait(oldest))
-        release = _no_release
-        parallel = limits.get("max_parallel_requests")
-        if parallel is not None:
-            release = self._acquire(f"parallel:{name}", parallel)
-        rpm = limits.get("rpm_limit")
-        if rpm is not None:
-            wait = self.counters.take(f"rpm:{name}", rpm, WINDOW)
-            if wait is not None:
-                release()
-                raise RateLimited(f"Rate limit: this key may send {rpm} requests per minute.",
-                                  code="rpm_limit_exceeded", retry_after=_ceil(wait))
-        return release
+        refused, detail = self.counters.admit(name, tpm=tpm, parallel=parallel, rpm=rpm, window=WINDOW,
+                                              lease_seconds=self.lease_seconds)
+        if refused == "tpm":
+            used, oldest = detail
+            raise RateLimited(f"Rate limit: this key used {used} of its {tpm} tokens per minute.",
+                              code="tpm_limit_exceeded", retry_after=self._wait(oldest))
+        if refused == "parallel":
+            raise RateLimited(f"Parallel limit: this key may have {parallel} requests in flight.",
+                              code="parallel_limit_exceeded", retry_after=1)
+        if refused == "rpm":
+            raise RateLimited(f"Rate limit: this key may send {rpm} requests per minute.",
+                              code="rpm_limit_exceeded", retry_after=_ceil(detail))
+        return self._releaser(f"parallel:{name}", detail) if detail is not None else _no_release
 
     def record(self, ex) -> None:
         """Accountant sink: count a finished exchange's tokens toward its key's tpm window."""
@@ -88,11 +86,7 @@ class Limits:
             raise BudgetExceeded(f"Budget exceeded: this key has spent ${spend:.6f} of its max_budget "
                                  f"${budget:.6f}{period}.")
 
-    def _acquire(self, name: str, limit: int):
-        lease = self.counters.acquire(name, limit, self.lease_seconds)
-        if lease is None:
-            raise RateLimited(f"Parallel limit: this key may have {limit} requests in flight.",
-                              code="parallel_limit_exceeded", retry_after=1)
+    def _releaser(self, name: str, lease: str):
         released = []
 
         def release() -> None:
@@ -190,6 +184,37 @@ class LocalCounters:
     def release(self, name: str, lease: str) -> None:
         self._transaction(lambda db, now: db.execute("DELETE FROM leases WHERE id = ?", (lease,)))
 
+    def admit(self, name: str, *, tpm=None, parallel=None, rpm=None, window: float, lease_seconds: float):
+        """The tpm check, parallel lease and rpm hit of one request in one transaction, in that order.
+
+        Returns ``(None, lease or None)`` when admitted, else ``("tpm", (used, oldest))``,
+        ``("parallel", None)`` or ``("rpm", seconds to wait)``; a refused request holds nothing.
+        """
+        def work(db, now):
+            if tpm is not None:
+                used, oldest = self._window(db, f"tpm:{name}", now, window)
+                if used >= tpm:
+                    return "tpm", (used, oldest)
+            lease = None
+            if parallel is not None:
+                slot = f"parallel:{name}"
+                db.execute("DELETE FROM leases WHERE name = ? AND expires <= ?", (slot, now))
+                (held,) = db.execute("SELECT COUNT(*) FROM leases WHERE name = ?", (slot,)).fetchone()
+                if held >= parallel:
+                    return "parallel", None
+                lease = uuid.uuid4().hex
+                db.execute("INSERT INTO leases (id, name, expires) VALUES (?, ?, ?)", (lease, slot, now + lease_seconds))
+            if rpm is not None:
+                hits = f"rpm:{name}"
+                used, oldest = self._window(db, hits, now, window)
+                if used >= rpm:
+                    if lease is not None:
+                        db.execute("DELETE FROM leases WHERE id = ?", (lease,))
+                    return "rpm", (oldest + window - now) if oldest is not None else window
+                db.execute("INSERT INTO window_log (name, ts, weight) VALUES (?, ?, 1)", (hits, now))
+            return None, lease
+        return self._transaction(work)
+
     def ping(self) -> bool:
         return self.total("ping", 1.0) is not None
 
@@ -264,6 +289,25 @@ class RedisCounters:
     def acquire(self, name: str, limit: int, lease_seconds: float) -> str | None:
         lease = uuid.uuid4().hex
         return lease if self._call(self._acquire, name, [limit, lease_seconds, lease]) else None
+
+    def admit(self, name: str, *, tpm=None, parallel=None, rpm=None, window: float, lease_seconds: float):
+        """``LocalCounters.admit`` in up to three round trips (the keys may live on different cluster slots)."""
+        if tpm is not None:
+            used, oldest = self.total(f"tpm:{name}", window)
+            if used >= tpm:
+                return "tpm", (used, oldest)
+        lease = None
+        if parallel is not None:
+            lease = self.acquire(f"parallel:{name}", parallel, lease_seconds)
+            if lease is None:
+                return "parallel", None
+        if rpm is not None:
+            wait = self.take(f"rpm:{name}", rpm, window)
+            if wait is not None:
+                if lease is not None:
+                    self.release(f"parallel:{name}", lease)
+                return "rpm", wait
+        return None, lease
 
     def release(self, name: str, lease: str) -> None:
         try:

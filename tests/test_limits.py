@@ -132,3 +132,15 @@ def test_the_local_counters_file_sits_next_to_the_store(tmp_path):
     assert local_counters_path(Settings(database_url=f"sqlite:///{tmp_path}/s.db")) == tmp_path / "s.db-limits"
     on_pg = Settings(database_url="postgresql://db/x", db_path=tmp_path / "local.sqlite3")
     assert local_counters_path(on_pg) == tmp_path / "local.sqlite3-limits"
+
+
+def test_one_admission_takes_the_slot_and_the_hit_together_or_neither(two_counters):
+    a, b = two_counters
+    admit = dict(parallel=5, rpm=1, window=60, lease_seconds=60)
+    refused, lease = a.admit("k", **admit)
+    assert refused is None and lease
+    assert b.admit("k", **admit) == ("rpm", pytest.approx(60, abs=2))
+    assert b.acquire("parallel:k", 2, 60) is not None  # the admitted request holds one slot, the refused none
+    assert a.acquire("parallel:k", 2, 60) is None
+    a.add("tpm:k", 50, 60)
+    assert b.admit("k", tpm=50, window=60, lease_seconds=60)[0] == "tpm"
