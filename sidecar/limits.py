@@ -106,7 +106,8 @@ def _ceil(seconds: float) -> int:
 class LocalCounters:
     """Sliding windows and leases in a SQLite file: atomic across the processes of one machine.
 
-    Each operation is one short ``BEGIN IMMEDIATE`` transaction (tens of microseconds); the file holds
+    Each operation is one short ``BEGIN IMMEDIATE`` transaction (tens of microseconds) whose cost does
+    not grow with the traffic in the window (running totals, not sums over entries); the file holds
     only what the current minute needs, so losing it (``synchronous=OFF``) loses nothing that matters.
     """
 
@@ -115,6 +116,9 @@ class LocalCounters:
         "CREATE INDEX IF NOT EXISTS ix_window_log ON window_log (name, ts)",
         "CREATE TABLE IF NOT EXISTS leases (id TEXT PRIMARY KEY, name TEXT NOT NULL, expires REAL NOT NULL)",
         "CREATE INDEX IF NOT EXISTS ix_leases ON leases (name, expires)",
+        # The running sum of each window's weights, kept with every insert and expiry, so a check
+        # reads one row instead of summing every entry of the last minute (O(requests per minute)).
+        "CREATE TABLE IF NOT EXISTS window_totals (name TEXT PRIMARY KEY, used INTEGER NOT NULL)",
     )
 
     def __init__(self, path: Path | str, clock=time.time):
@@ -129,8 +133,15 @@ class LocalCounters:
             connection = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=OFF")
+            connection.execute("BEGIN IMMEDIATE")
             for statement in self.SCHEMA:
                 connection.execute(statement)
+            # A file from before window_totals: sum what its windows hold once (totals rows are never
+            # deleted, so no rows beside a non-empty log means they were never kept).
+            if connection.execute("SELECT NOT EXISTS (SELECT 1 FROM window_totals)").fetchone()[0]:
+                connection.execute("INSERT INTO window_totals (name, used) "
+                                   "SELECT name, SUM(weight) FROM window_log GROUP BY name")
+            connection.execute("COMMIT")
             self._connection, self._pid = connection, os.getpid()
         return self._connection
 
@@ -148,17 +159,29 @@ class LocalCounters:
 
     @staticmethod
     def _window(db, name: str, now: float, window: float) -> tuple[int, float | None]:
-        db.execute("DELETE FROM window_log WHERE name = ? AND ts <= ?", (name, now - window))
-        used, oldest = db.execute("SELECT COALESCE(SUM(weight), 0), MIN(ts) FROM window_log WHERE name = ?",
-                                  (name,)).fetchone()
-        return int(used), oldest
+        """Drop the entries that left the window (usually none or a few) and read its total and oldest entry."""
+        cutoff = now - window
+        (expired,) = db.execute("SELECT SUM(weight) FROM window_log WHERE name = ? AND ts <= ?",
+                                (name, cutoff)).fetchone()
+        if expired is not None:
+            db.execute("DELETE FROM window_log WHERE name = ? AND ts <= ?", (name, cutoff))
+            db.execute("UPDATE window_totals SET used = used - ? WHERE name = ?", (expired, name))
+        found = db.execute("SELECT used FROM window_totals WHERE name = ?", (name,)).fetchone()
+        (oldest,) = db.execute("SELECT MIN(ts) FROM window_log WHERE name = ?", (name,)).fetchone()
+        return (int(found[0]) if found else 0), oldest
+
+    @staticmethod
+    def _hit(db, name: str, now: float, weight: int) -> None:
+        db.execute("INSERT INTO window_log (name, ts, weight) VALUES (?, ?, ?)", (name, now, weight))
+        db.execute("INSERT INTO window_totals (name, used) VALUES (?, ?) "
+                   "ON CONFLICT (name) DO UPDATE SET used = used + excluded.used", (name, weight))
 
     def take(self, name: str, limit: int, window: float) -> float | None:
         """Record one hit if fewer than ``limit`` are in the window; else seconds until one leaves it."""
         def work(db, now):
             used, oldest = self._window(db, name, now, window)
             if used < limit:
-                db.execute("INSERT INTO window_log (name, ts, weight) VALUES (?, ?, 1)", (name, now))
+                self._hit(db, name, now, 1)
                 return None
             return (oldest + window - now) if oldest is not None else window
         return self._transaction(work)
@@ -167,8 +190,7 @@ class LocalCounters:
         return self._transaction(lambda db, now: self._window(db, name, now, window))
 
     def add(self, name: str, weight: int, window: float) -> None:
-        self._transaction(lambda db, now: db.execute(
-            "INSERT INTO window_log (name, ts, weight) VALUES (?, ?, ?)", (name, now, weight)))
+        self._transaction(lambda db, now: self._hit(db, name, now, weight))
 
     def acquire(self, name: str, limit: int, lease_seconds: float) -> str | None:
         def work(db, now):
@@ -211,7 +233,7 @@ class LocalCounters:
                     if lease is not None:
                         db.execute("DELETE FROM leases WHERE id = ?", (lease,))
                     return "rpm", (oldest + window - now) if oldest is not None else window
-                db.execute("INSERT INTO window_log (name, ts, weight) VALUES (?, ?, 1)", (hits, now))
+                self._hit(db, hits, now, 1)
             return None, lease
         return self._transaction(work)
 

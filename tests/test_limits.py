@@ -144,3 +144,19 @@ def test_one_admission_takes_the_slot_and_the_hit_together_or_neither(two_counte
     assert a.acquire("parallel:k", 2, 60) is None
     a.add("tpm:k", 50, 60)
     assert b.admit("k", tpm=50, window=60, lease_seconds=60)[0] == "tpm"
+
+
+def test_a_counters_file_from_before_running_totals_keeps_its_windows(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old-limits"
+    old = sqlite3.connect(path)
+    old.execute(LocalCounters.SCHEMA[0])
+    old.executemany("INSERT INTO window_log (name, ts, weight) VALUES (?, ?, ?)",
+                    [("tpm:k", time.time(), 20), ("tpm:k", time.time(), 22)])
+    old.commit()
+    old.close()
+    counters = LocalCounters(path)
+    assert counters.total("tpm:k", 60)[0] == 42
+    counters.add("tpm:k", 8, 60)
+    assert counters.total("tpm:k", 60)[0] == 50
