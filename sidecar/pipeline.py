@@ -147,7 +147,7 @@ class Pipeline:
         if op.body_kind == "json" and (body.json is not None or body.raw is not None):  # a JSON null is checked too
             validator.check_body(body.json)
         elif op.body_kind == "multipart":
-            validator.check_parts(body.parts)
+            validator.check_parts(body.parts, body.fields)
 
     @staticmethod
     def _model(op: Operation, body: bodies.Body, path_params: dict) -> str | None:

@@ -171,19 +171,20 @@ def test_path_parameters_never_reach_another_upstream_path(client, echo, path):
 
 
 def test_path_parameters_are_quoted_into_one_segment(client, echo):
-    response = client.get("/v1/files/a%3Fb%23c%00d%20e/content")
+    # a conversation id is free text in the spec (a file id must be a UUID, so it would be refused with a 422)
+    response = client.get("/v1/conversations/a%3Fb%23c%00d%20e/history")
     assert response.status_code == 200
     # the upstream decodes the path once: the whole parameter is one segment again, no query, no fragment
-    assert echo.last.path == "/v1/files/a?b#c\x00d e/content"
+    assert echo.last.path == "/v1/conversations/a?b#c\x00d e/history"
     assert echo.last.query == ""
     # a slash cannot get into a parameter: the server decodes %2F before routing, so no rule matches
-    assert_error_shape(client.get("/v1/files/a%2Fb/content"), 404)
+    assert_error_shape(client.get("/v1/conversations/a%2Fb/history"), 404)
 
 
 def test_dot_segments_are_refused_before_upstream(client, fake):
-    for path in ("/v1/files/../content", "/v1/files/./content", "/v1/files/%2E%2E/content"):
+    for path in ("/v1/conversations/../history", "/v1/conversations/./history", "/v1/conversations/%2E%2E/history"):
         body = assert_error_shape(client.get(path), 400)
-        assert body["code"] == "invalid_path_parameter" and body["param"] == "file_id"
+        assert body["code"] == "invalid_path_parameter" and body["param"] == "conversation_id"
     assert fake.seen == []
 
 

@@ -176,8 +176,9 @@ def test_multipart_upload_is_streamed_and_checked_for_required_parts(client, fak
 
 def test_binary_download_is_relayed_as_a_stream(client, fake):
     blob = bytes(range(256)) * 4096
-    fake.on("GET", "/v1/files/f1/content", lambda r: Response(blob, 200, {"Content-Type": "application/octet-stream"}))
-    response = client.get("/v1/files/f1/content", buffered=False)
+    file_id = "7f3b1c2e-5a4d-4e8f-9b6a-1c2d3e4f5a6b"  # the spec says a file id is a UUID
+    fake.on("GET", f"/v1/files/{file_id}/content", lambda r: Response(blob, 200, {"Content-Type": "application/octet-stream"}))
+    response = client.get(f"/v1/files/{file_id}/content", buffered=False)
     assert response.is_streamed
     assert response.get_data() == blob
 
