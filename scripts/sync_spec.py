@@ -376,8 +376,25 @@ def derive_spec(upstream: dict, fragment: dict, source: str, sha256: str, versio
         for method, op in item.items():
             if method in METHODS:
                 add_sidecar_errors(op)
+    require_stream_flag(doc)
     merge_fragment(doc, fragment)
     return doc
+
+
+def require_stream_flag(doc: dict) -> None:
+    """A `#stream` twin's body must say `stream: true`. Mistral's spec gives the flag a default of true there (an
+    SDK-generator device: its SDKs always send it), but the twin shares its URL with the plain operation and Mistral
+    picks by the body: a request without the flag gets the plain JSON answer, so the twin cannot describe it."""
+    schemas = doc["components"]["schemas"]
+    for key, item in doc["paths"].items():
+        if not key.endswith("#stream"):
+            continue
+        for method, op in item.items():
+            content = (op.get("requestBody") or {}).get("content") or {} if method in METHODS else {}
+            for media in content.values():
+                schema = resolve(media.get("schema"), schemas)
+                if "stream" in top_properties(schema, schemas) and "stream" not in schema.get("required", []):
+                    schema["required"] = [*schema.get("required", []), "stream"]
 
 
 def drop_required(schema: dict, names: tuple[str, ...]) -> None:
