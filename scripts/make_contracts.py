@@ -180,6 +180,17 @@ def make_request(op: Operation, doc: dict, inst: Instances) -> dict:
     return request
 
 
+def stream_event(inst: Instances, doc: dict, schema: dict) -> dict:
+    """One event of a stream; it always has ``data``, even when the schema leaves it optional, since a client
+    dispatches no event without data (the smallest instance of an all-optional schema would be ``{}``)."""
+    event = inst.make(schema)
+    if isinstance(event, dict) and "data" not in event:
+        data_schema = ((resolve(doc, schema) or {}).get("properties") or {}).get("data")
+        if data_schema is not None:
+            event["data"] = inst.make(data_schema, "data")
+    return event
+
+
 def make_response(op: Operation, doc: dict, inst: Instances) -> dict:
     status, response = first_success(_responses(doc, op))
     content = (resolve(doc, response) or {}).get("content") or {}
@@ -194,7 +205,7 @@ def make_response(op: Operation, doc: dict, inst: Instances) -> dict:
         example = media.get("example", named[0] if named and inst.use_examples else None)
         out["json"] = copy.deepcopy(example) if example is not None else inst.make(media.get("schema") or {})
     elif ctype == "text/event-stream":
-        event = inst.make(media.get("schema") or {})
+        event = stream_event(inst, doc, media.get("schema") or {})
         out["events"] = [{k: event[k] for k in ("event", "id", "data") if k in event}]
         if "event" not in event:
             out["events"].append({"data": "[DONE]"})
@@ -224,7 +235,7 @@ def documents(op: Operation, spec: Spec, conformance: Conformance) -> dict:
     if "text/event-stream" in content and "application/json" in content:  # a stream flag picks SSE
         streamed = Instances(spec.document, use_examples=False)
         request = {**contract.request, "json": {**contract.request["json"], "stream": True}}
-        event = streamed.make(content["text/event-stream"].get("schema") or {})
+        event = stream_event(streamed, spec.document, content["text/event-stream"].get("schema") or {})
         events = [{k: event[k] for k in ("event", "data") if k in event}] + ([] if "event" in event else [{"data": "[DONE]"}])
         twin = Contract(op.id, f"generated {op.method} {op.path} (stream)", "generated", request,
                         {"status": contract.status, "headers": {"Content-Type": "text/event-stream"}, "events": events})
