@@ -1,86 +1,19 @@
 """mistral-sidecar: the whole Mistral API behind one local gateway.
 
-``create_app(settings)`` wires settings, the spec table, validators, the upstream, auth and
-accounting into one Flask app; it does nothing else.
+``create_app`` (from ``sidecar.factory``) builds the WSGI app. Importing the package itself is cheap on
+purpose: gunicorn's master reads ``sidecar.gunicorn_conf`` (which needs ``sidecar.metrics`` and
+``sidecar.settings``) before forking, and must not import requests, urllib3 or ssl there, or the gevent
+workers would patch ``ssl`` after it was imported.
 """
 
 from __future__ import annotations
 
-import logging
-from functools import lru_cache
-from pathlib import Path
-
-from flask import Flask
-
-from . import admin, health, metrics, reports, routes, transports
-from .accounting import Accountant
-from .auth import Authenticator
-from .keys import KeyStore
-from .limits import Limits, counters_for
-from .pipeline import Pipeline
-from .pricing import PriceTable
-from .settings import Settings
-from .spec import Spec
-from .spend import SpendLog
-from .store import open_engine
-from .upstream import Upstream
-from .validation import compile_validators
-
 __all__ = ["create_app", "Settings", "shutdown_hooks"]
-_SHUTDOWN: list = []
 
 
-def shutdown_hooks() -> tuple:
-    """Callables that flush and close what the apps of this process hold (run at worker exit)."""
-    return tuple(_SHUTDOWN)
+def __getattr__(name: str):
+    if name in __all__:
+        from . import factory
 
-
-@lru_cache(maxsize=4)
-def _compiled(path: Path, mtime: float):
-    """The spec table and its validators: immutable, so apps built from one file share them."""
-    spec = Spec.load(path)
-    return spec, compile_validators(spec)
-
-
-@lru_cache(maxsize=1)
-def _prices() -> PriceTable:
-    return PriceTable.load()
-
-
-def _price_table(settings: Settings) -> PriceTable:
-    """The packaged prices with the config's ``model_prices`` laid over them: the one place overrides apply."""
-    overrides = getattr(settings.config, "model_prices", None)
-    return _prices().with_overrides(overrides) if overrides else _prices()
-
-
-def create_app(settings: Settings | None = None, *, adapter=None) -> Flask:
-    """Build the WSGI app; ``adapter`` replaces the upstream transport (tests, replay, record)."""
-    settings = settings or Settings.from_env()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    spec, validators = _compiled(Path(settings.spec_path), Path(settings.spec_path).stat().st_mtime)
-    handlers = {**health.HANDLERS, **admin.HANDLERS, **metrics.HANDLERS, **reports.HANDLERS}
-    engine = open_engine(settings)
-    keys = KeyStore(engine)
-    spend_log = SpendLog(engine)
-    prices = _price_table(settings)
-    limits = Limits(counters_for(settings), exempt=frozenset(op.id for op in spec.operations if op.handler),
-                    spend=spend_log.key_spend)
-    pipeline = Pipeline(
-        settings=settings,
-        spec=spec,
-        validators=validators,
-        upstream=Upstream(settings, adapter=adapter or transports.adapter_for(settings, spec)),
-        authenticator=Authenticator(settings.master_key, keys=keys),
-        accountant=Accountant(prices=prices, limits=limits, sinks=[limits.record, spend_log.record],
-                              metrics=metrics.Metrics(settings.metrics_dir, known_models=prices.names()),
-                              spend=spend_log, log_bodies=settings.log_bodies),
-        handlers=handlers,
-    )
-    _SHUTDOWN.append(pipeline.upstream.close)
-    _SHUTDOWN.append(spend_log.close)  # before the engine goes: it writes the last spend records
-    _SHUTDOWN.append(engine.dispose)
-    app = Flask("sidecar")
-    app.config["MAX_CONTENT_LENGTH"] = None
-    app.extensions["sidecar"] = pipeline
-    routes.register(app, pipeline)
-    return app
+        return getattr(factory, name)
+    raise AttributeError(f"module 'sidecar' has no attribute {name!r}")

@@ -77,7 +77,7 @@ class Settings:
     max_upload_bytes: int = 512 * 1024 * 1024
     upstream_mode: str = "real"  # real | replay | record
     contracts_dir: Path = DEFAULT_CONTRACTS
-    pool_size: int = 100
+    pool_size: int = 1000  # idle upstream connections kept per worker: a burst of streams reuses them
     database_url: str | None = field(default=None, repr=False)
     db_path: Path = Path("mistral-sidecar.sqlite3")  # the embedded store when DATABASE_URL is unset
     redis_url: str | None = field(default=None, repr=False)

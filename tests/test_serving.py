@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -93,3 +95,18 @@ def test_many_concurrent_streams_on_one_worker(served, fake):
     assert results == [21] * 50
     # 50 streams of ~0.4 s each on one gevent worker run concurrently, not one after another
     assert elapsed < 10
+
+
+def test_the_gunicorn_master_imports_nothing_gevent_must_patch_first():
+    """gunicorn reads sidecar.gunicorn_conf in the master before forking; ssl, requests or urllib3
+    imported there would be patched too late in the gevent workers (MonkeyPatchWarning, then errors)."""
+    probe = ("import sys, sidecar.gunicorn_conf; "
+             "print(sorted(m for m in ('ssl', 'requests', 'urllib3', 'flask', 'sqlalchemy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_workers_start_without_monkey_patch_warnings(served, tmp_path):
+    assert requests.get(served + "/health/readiness", timeout=5).status_code == 200
+    assert "MonkeyPatchWarning" not in (tmp_path / "sidecar.log").read_text()
