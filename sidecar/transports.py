@@ -24,6 +24,7 @@ from . import contracts, sse
 from .contracts import Asked, Contract, ContractIndex
 from .relay import upstream_chunks
 from .spec import Spec
+from .upstream import PooledAdapter
 
 log = logging.getLogger("sidecar.transports")
 MAX_RECORDED_BODY = 8 * 1024 * 1024
@@ -290,6 +291,6 @@ def adapter_for(settings, spec: Spec) -> HTTPAdapter | None:
     if settings.upstream_mode == "replay":
         return ReplayAdapter.from_directory(settings.contracts_dir, spec)
     if settings.upstream_mode == "record":
-        real = HTTPAdapter(pool_connections=4, pool_maxsize=settings.pool_size, max_retries=0)
+        real = PooledAdapter(pool_connections=4, pool_maxsize=settings.pool_size, max_retries=0)
         return RecordAdapter(ContractWriter(settings.contracts_dir, spec, settings.secrets()), real)
     return None
