@@ -65,20 +65,24 @@ class Pipeline:
         self.router = router or ModelRouter.from_config(getattr(settings, "config", None), upstream.default_target)
 
     # -- the view ---------------------------------------------------------------------------------
-    def handle(self, endpoint: Endpoint, path_params: dict) -> Response:
+    def handle(self, endpoint: Endpoint, path_params: dict, req=None) -> Response:
+        """Serve one request; ``req`` is the Werkzeug request (Flask's ``request`` when not given:
+        the spec dispatcher in routes.py calls without a Flask request context)."""
+        req = request._get_current_object() if req is None else req
+        headers = req.headers
         op = endpoint.plain
-        ex = Exchange(_request_id(request.headers), op.id, op.method, endpoint.path)
+        ex = Exchange(_request_id(headers), op.id, op.method, endpoint.path)
         body = None
         try:
-            caller = ex.caller = self.auth.authenticate(request.headers) if op.auth != "none" else None
+            caller = ex.caller = self.auth.authenticate(headers) if op.auth != "none" else None
             if op.auth == "master":  # before the body: only the master key learns what the route accepts
                 self.auth.require_master(caller)
-            body = self._read_body(op)
-            self._translate(op, body)
+            body = self._read_body(op, req)
+            self._translate(op, body, req.path)
             op = endpoint.pick(self._wants_stream(body))
             ex.operation_id, ex.stream = op.id, op.stream_twin or self._wants_stream(body)
-            ex.end_user = self._take_end_user(op, body)
-            self._validate(op, path_params, body)
+            ex.end_user = self._take_end_user(op, body, headers)
+            self._validate(op, path_params, body, req.args)
             ex.model = self._model(op, body, path_params)
             ex.request_json = body.json
             if caller is not None:
@@ -88,7 +92,7 @@ class Pipeline:
                 if op.handler is not None:
                     response = self.handlers[op.handler](self, ex, body, path_params)
                     return self._finish_plain(ex, response)
-                return self._forward(op, ex, body, path_params, release)
+                return self._forward(op, ex, body, path_params, release, req)
             except BaseException:
                 release()
                 raise
@@ -105,11 +109,11 @@ class Pipeline:
         return Response(payload, status, headers)
 
     # -- steps --------------------------------------------------------------------------------------
-    def _read_body(self, op: Operation) -> bodies.Body:
+    def _read_body(self, op: Operation, req) -> bodies.Body:
         if op.body_kind == "json":
-            return bodies.read_json(request, self.settings.max_body_bytes, op.body_required)
+            return bodies.read_json(req, self.settings.max_body_bytes, op.body_required)
         if op.body_kind == "multipart":
-            return bodies.read_multipart(request, self.settings.max_upload_bytes)
+            return bodies.read_multipart(req, self.settings.max_upload_bytes)
         return bodies.Body()
 
     @staticmethod
@@ -121,14 +125,14 @@ class Pipeline:
         return False
 
     @staticmethod
-    def _translate(op: Operation, body: bodies.Body) -> None:
+    def _translate(op: Operation, body: bodies.Body, path: str) -> None:
         """OpenAI-style fields Mistral would refuse -> Mistral's (dialect.py); untouched bodies stay byte for byte."""
-        if dialect.applies(request.path) and dialect.translate(op.id, body.json):
+        if dialect.applies(path) and dialect.translate(op.id, body.json):
             body.raw = None  # re-serialised on forward
 
-    def _take_end_user(self, op: Operation, body: bodies.Body) -> str | None:
+    def _take_end_user(self, op: Operation, body: bodies.Body, headers) -> str | None:
         """End user from the configured header, else an OpenAI-style ``user`` field Mistral would refuse."""
-        user = request.headers.get(self.settings.end_user_header)
+        user = headers.get(self.settings.end_user_header)
         data = body.json
         if isinstance(data, dict) and "user" in data and op.proxied and not self._declares(op, "user"):
             value = data.pop("user")
@@ -141,9 +145,9 @@ class Pipeline:
         schema = resolve(self.spec.document, op.body_schema) or {}
         return name in (schema.get("properties") or {})
 
-    def _validate(self, op: Operation, path_params: dict, body: bodies.Body) -> None:
+    def _validate(self, op: Operation, path_params: dict, body: bodies.Body, args) -> None:
         validator = self.validators[op.id]
-        validator.check_params(path_params, request.args)
+        validator.check_params(path_params, args)
         if op.body_kind == "json" and (body.json is not None or body.raw is not None):  # a JSON null is checked too
             validator.check_body(body.json)
         elif op.body_kind == "multipart":
@@ -161,16 +165,16 @@ class Pipeline:
             model = None
         return model if isinstance(model, str) else None
 
-    def _forward(self, op: Operation, ex: Exchange, body: bodies.Body, path_params: dict, release) -> Response:
+    def _forward(self, op: Operation, ex: Exchange, body: bodies.Body, path_params: dict, release, req) -> Response:
         target = self.upstream.default_target
         if self.router is not None and ex.model:
             target, upstream_model = self.router.resolve(ex.model)
             if upstream_model != ex.model and isinstance(body.json, dict):
                 body.json["model"], body.raw = upstream_model, None
         path = op.path.format(**{k: _segment(k, v) for k, v in path_params.items()})
-        headers = self._upstream_headers(op, target, body)
+        headers = self._upstream_headers(op, target, body, req.headers)
         sent = time.perf_counter()
-        upstream = self.upstream.send(target, op.method, path, request.query_string.decode("latin-1"),
+        upstream = self.upstream.send(target, op.method, path, req.query_string.decode("latin-1"),
                                       headers, self._payload(body))
         ex.upstream_latency = time.perf_counter() - sent
         return self._respond(ex, upstream, body, release)
@@ -182,11 +186,11 @@ class Pipeline:
             return body.payload
         return json.dumps(body.json).encode() if body.json is not None else None
 
-    def _upstream_headers(self, op: Operation, target, body: bodies.Body) -> dict:
-        for name, value in request.headers.items():
+    def _upstream_headers(self, op: Operation, target, body: bodies.Body, client_headers) -> dict:
+        for name, value in client_headers.items():
             if _CONTROL.search(value):
                 raise BadRequest(f"Header '{name}' contains a CR, LF or NUL character.", code="invalid_header")
-        headers = outbound_headers(request.headers, target, op.auth,
+        headers = outbound_headers(client_headers, target, op.auth,
                                    drop=frozenset({self.settings.end_user_header, "x-request-id"}))
         if body.file is not None:
             headers["Content-Length"] = str(body.size)
