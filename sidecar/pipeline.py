@@ -63,6 +63,7 @@ class Pipeline:
         self.handlers = handlers
         # model -> (Target, upstream model name): config.yaml aliases, provider prefixes, else the default
         self.router = router or ModelRouter.from_config(getattr(settings, "config", None), upstream.default_target)
+        self._drop_outbound = frozenset({settings.end_user_header, "x-request-id"})
 
     # -- the view ---------------------------------------------------------------------------------
     def handle(self, endpoint: Endpoint, path_params: dict, req=None) -> Response:
@@ -187,11 +188,11 @@ class Pipeline:
         return json.dumps(body.json).encode() if body.json is not None else None
 
     def _upstream_headers(self, op: Operation, target, body: bodies.Body, client_headers) -> dict:
-        for name, value in client_headers.items():
+        items = list(client_headers.items())  # Werkzeug rebuilds them from the environ on every walk
+        for name, value in items:
             if _CONTROL.search(value):
                 raise BadRequest(f"Header '{name}' contains a CR, LF or NUL character.", code="invalid_header")
-        headers = outbound_headers(client_headers, target, op.auth,
-                                   drop=frozenset({self.settings.end_user_header, "x-request-id"}))
+        headers = outbound_headers(items, target, op.auth, drop=self._drop_outbound)
         if body.file is not None:
             headers["Content-Length"] = str(body.size)
         elif body.raw is None and body.json is not None:

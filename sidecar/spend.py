@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import logging
 import math
 import threading
@@ -139,7 +140,7 @@ class SpendLog:
                 entry = charges.setdefault(charge[0], [0.0, charge[2]])
                 entry[0] += charge[1]
         with self.engine.begin() as connection:
-            connection.execute(spend_logs.insert(), [row for row, _charge in batch])
+            _insert_rows(connection, [row for row, _charge in batch])
             for key_hash, (cost, duration) in charges.items():
                 connection.execute(_charge_statement(key_hash, cost, duration, now))
 
@@ -236,6 +237,29 @@ class SpendLog:
             row["cost"] = round(row["cost"], 10)
         return {"group_by": group_by, "groups": rows, "total_cost": round(sum(r["cost"] for r in rows), 10),
                 "total_requests": sum(r["requests"] for r in rows)}
+
+
+ROW_COLUMNS = (  # the keys of spend_record, in the order the SQLite insert binds them
+    "ts", "request_id", "key_hash", "key_alias", "end_user", "model", "operation", "route", "status",
+    "prompt_tokens", "completion_tokens", "total_tokens", "pages", "audio_seconds", "characters", "cost",
+    "latency_ms", "upstream_ms", "streamed", "error")
+
+
+@functools.lru_cache(maxsize=8)
+def _sqlite_insert(dialect) -> str:
+    return str(spend_logs.insert().compile(dialect=dialect, column_keys=list(ROW_COLUMNS)))
+
+
+def _insert_rows(connection, rows: list[dict]) -> None:
+    """Insert spend rows. On SQLite straight through the driver's ``executemany``: the rows hold only
+    numbers, strings, None and a bool (which sqlite3 stores as 1/0, as SQLAlchemy would), and
+    SQLAlchemy's per-row parameter processing was about 4% of a proxied request's CPU. Other
+    databases keep SQLAlchemy's batched insert (insertmanyvalues), which is the fast way there."""
+    if connection.dialect.name != "sqlite":
+        connection.execute(spend_logs.insert(), rows)
+        return
+    connection.exec_driver_sql(_sqlite_insert(connection.dialect),
+                               [tuple(row[name] for name in ROW_COLUMNS) for row in rows])
 
 
 def _charge_statement(key_hash: str, cost: float, duration: str | None, now: float):

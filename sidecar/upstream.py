@@ -19,7 +19,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.models import PreparedRequest
 from requests.structures import CaseInsensitiveDict
-from requests.utils import requote_uri
+from requests.utils import get_encoding_from_headers, requote_uri
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -52,9 +52,11 @@ class Target:
 
 
 def outbound_headers(client_headers, target: Target, auth: str, drop: frozenset[str] = frozenset()) -> dict:
-    """The client's headers minus hop-by-hop, client credentials and sidecar-only ones, plus ours."""
+    """The client's headers (a mapping, or (name, value) pairs) minus hop-by-hop, client credentials
+    and sidecar-only ones (``drop`` in lower case), plus ours."""
     headers = {}
-    for name, value in client_headers.items():
+    pairs = client_headers.items() if hasattr(client_headers, "items") else client_headers
+    for name, value in pairs:
         low = name.lower()
         if low in DROP_OUTBOUND or low in drop or low.startswith("x-sidecar-"):
             continue
@@ -159,6 +161,20 @@ class PooledAdapter(HTTPAdapter):
             return super().request_url(request, proxies)
         path = request.path_url
         return f"/{path.lstrip('/')}" if path.startswith("//") else path
+
+    def build_response(self, req, resp) -> requests.Response:
+        """``HTTPAdapter.build_response`` without reading ``Set-Cookie`` into a cookie jar (about
+        5 us): the sidecar never relays upstream cookies (``DROP_INBOUND``) nor reads the jar."""
+        response = requests.Response()
+        response.status_code = getattr(resp, "status", None)
+        response.headers = CaseInsensitiveDict(getattr(resp, "headers", {}))
+        response.encoding = get_encoding_from_headers(response.headers)
+        response.raw = resp
+        response.reason = resp.reason
+        response.url = req.url.decode("utf-8") if isinstance(req.url, bytes) else req.url
+        response.request = req
+        response.connection = self
+        return response
 
     def close(self) -> None:
         self._pools.clear()

@@ -199,3 +199,10 @@ def test_records_written_from_many_threads_are_each_written_once(tmp_path):
     with engine.connect() as connection:
         count, distinct = connection.execute(sa.text("SELECT COUNT(*), COUNT(DISTINCT request_id) FROM spend_logs")).one()
     assert count == distinct == 1600
+
+
+def test_the_sqlite_insert_binds_every_column_of_a_spend_record():
+    from sidecar.exchange import Exchange
+    from sidecar.spend import ROW_COLUMNS, spend_record
+
+    assert tuple(spend_record(Exchange("r1", "op", "POST", "/v1/x"))) == ROW_COLUMNS
