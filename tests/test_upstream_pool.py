@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -36,8 +37,17 @@ def _server(close_after_answer: bool):
     return listener, accepted
 
 
-def _upstream(port: int) -> Upstream:
-    return Upstream(Settings(mistral_api_base=f"http://127.0.0.1:{port}", mistral_api_key="sk-test"))
+@contextlib.contextmanager
+def _serving(close_after_answer: bool):
+    """An Upstream pointed at a fresh raw server; yields it and the server's count of accepted connections."""
+    listener, accepted = _server(close_after_answer)
+    port = listener.getsockname()[1]
+    upstream = Upstream(Settings(mistral_api_base=f"http://127.0.0.1:{port}", mistral_api_key="sk-test"))
+    try:
+        yield upstream, accepted
+    finally:
+        upstream.close()
+        listener.close()
 
 
 def _get(upstream: Upstream) -> bytes:
@@ -49,22 +59,15 @@ def _get(upstream: Upstream) -> bytes:
 
 
 def test_idle_connection_is_reused_and_pool_looked_up_once():
-    listener, accepted = _server(close_after_answer=False)
-    upstream = _upstream(listener.getsockname()[1])
-    try:
+    with _serving(close_after_answer=False) as (upstream, accepted):
         assert isinstance(upstream.adapter, PooledAdapter)
         assert [_get(upstream) for _ in range(3)] == [b"{}"] * 3
         assert len(accepted) == 1  # one keep-alive connection served all three
         assert len(upstream.adapter._pools) == 1
-    finally:
-        upstream.close()
-        listener.close()
 
 
 def test_connection_dropped_while_idle_is_replaced_not_reused():
-    listener, accepted = _server(close_after_answer=True)
-    upstream = _upstream(listener.getsockname()[1])
-    try:
+    with _serving(close_after_answer=True) as (upstream, accepted):
         for _ in range(3):
             assert _get(upstream) == b"{}"
             pool = next(iter(upstream.adapter._pools.values()))
@@ -75,21 +78,13 @@ def test_connection_dropped_while_idle_is_replaced_not_reused():
                 threading.Event().wait(0.01)
             assert not idle.is_connected
         assert len(accepted) == 3
-    finally:
-        upstream.close()
-        listener.close()
 
 
 def test_closed_adapter_serves_again_from_a_fresh_pool():
-    listener, _accepted = _server(close_after_answer=False)
-    upstream = _upstream(listener.getsockname()[1])
-    try:
+    with _serving(close_after_answer=False) as (upstream, _accepted):
         assert _get(upstream) == b"{}"
         stale = next(iter(upstream.adapter._pools.values()))
         upstream.adapter.close()  # what requests does on Session.close: the manager forgets its pools
         assert _get(upstream) == b"{}"
         assert next(iter(upstream.adapter._pools.values())) is not stale
-    finally:
-        upstream.close()
-        listener.close()
 
