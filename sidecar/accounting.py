@@ -112,10 +112,14 @@ class Accountant:
             if ex.open_stream:
                 self.metrics.stream_closed()
             self.metrics.observe(ex, latency)
-        line = self.log_line(ex, latency)
-        if self.log_bodies:
-            line["request_body"], line["response_body"] = ex.request_json, ex.response_json
-        access_log.info(json.dumps(line, separators=(",", ":"), default=str))
+        if access_log.isEnabledFor(logging.INFO):
+            line = self.log_line(ex, latency)
+            if self.log_bodies:
+                line["request_body"], line["response_body"] = ex.request_json, ex.response_json
+            # The record made directly: ``info`` would walk the stack for a caller no format prints.
+            access_log.handle(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0,
+                                                    json.dumps(line, separators=(",", ":"), default=str),
+                                                    None, None, "finish"))
         for sink in self.sinks:
             try:
                 sink(ex)

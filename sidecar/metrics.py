@@ -82,6 +82,7 @@ class Metrics:
         self.open_streams = Gauge("sidecar_open_streams", "Streamed responses being relayed now.",
                                   multiprocess_mode="livesum", **on)
         self._children: dict[tuple, tuple] = {}
+        self._requests: dict[tuple, object] = {}  # (operation, status) -> its sidecar_requests child
 
     def _family(self, operation: str, model: str) -> tuple:
         """Label children are resolved once per (operation, model): ``labels()`` is the costly part."""
@@ -96,7 +97,11 @@ class Metrics:
     def observe(self, ex, latency: float) -> None:
         model = ex.model if ex.model in self.known_models else ("other" if ex.model else "none")
         latency_h, upstream_h, prompt_c, completion_c, cost_c = self._family(ex.operation_id, model)
-        self.requests.labels(ex.operation_id, _status_class(ex.status)).inc()
+        requests_c = self._requests.get((ex.operation_id, ex.status))
+        if requests_c is None:  # per status, not class: no string to build on the way to the cache
+            requests_c = self.requests.labels(ex.operation_id, _status_class(ex.status))
+            self._requests[(ex.operation_id, ex.status)] = requests_c
+        requests_c.inc()
         latency_h.observe(latency)
         if ex.upstream_latency is not None:
             upstream_h.observe(ex.upstream_latency)
