@@ -176,15 +176,28 @@ class LocalCounters:
         db.execute("INSERT INTO window_totals (name, used) VALUES (?, ?) "
                    "ON CONFLICT (name) DO UPDATE SET used = used + excluded.used", (name, weight))
 
-    def take(self, name: str, limit: int, window: float) -> float | None:
+    @classmethod
+    def _take(cls, db, name: str, limit: int, now: float, window: float) -> float | None:
         """Record one hit if fewer than ``limit`` are in the window; else seconds until one leaves it."""
-        def work(db, now):
-            used, oldest = self._window(db, name, now, window)
-            if used < limit:
-                self._hit(db, name, now, 1)
-                return None
-            return (oldest + window - now) if oldest is not None else window
-        return self._transaction(work)
+        used, oldest = cls._window(db, name, now, window)
+        if used < limit:
+            cls._hit(db, name, now, 1)
+            return None
+        return (oldest + window - now) if oldest is not None else window
+
+    @staticmethod
+    def _lease(db, name: str, limit: int, now: float, lease_seconds: float) -> str | None:
+        """A new lease if fewer than ``limit`` live ones are held (expired ones are dropped first)."""
+        db.execute("DELETE FROM leases WHERE name = ? AND expires <= ?", (name, now))
+        (held,) = db.execute("SELECT COUNT(*) FROM leases WHERE name = ?", (name,)).fetchone()
+        if held >= limit:
+            return None
+        lease = uuid.uuid4().hex
+        db.execute("INSERT INTO leases (id, name, expires) VALUES (?, ?, ?)", (lease, name, now + lease_seconds))
+        return lease
+
+    def take(self, name: str, limit: int, window: float) -> float | None:
+        return self._transaction(lambda db, now: self._take(db, name, limit, now, window))
 
     def total(self, name: str, window: float) -> tuple[int, float | None]:
         return self._transaction(lambda db, now: self._window(db, name, now, window))
@@ -193,15 +206,7 @@ class LocalCounters:
         self._transaction(lambda db, now: self._hit(db, name, now, weight))
 
     def acquire(self, name: str, limit: int, lease_seconds: float) -> str | None:
-        def work(db, now):
-            db.execute("DELETE FROM leases WHERE name = ? AND expires <= ?", (name, now))
-            (held,) = db.execute("SELECT COUNT(*) FROM leases WHERE name = ?", (name,)).fetchone()
-            if held >= limit:
-                return None
-            lease = uuid.uuid4().hex
-            db.execute("INSERT INTO leases (id, name, expires) VALUES (?, ?, ?)", (lease, name, now + lease_seconds))
-            return lease
-        return self._transaction(work)
+        return self._transaction(lambda db, now: self._lease(db, name, limit, now, lease_seconds))
 
     def release(self, name: str, lease: str) -> None:
         self._transaction(lambda db, now: db.execute("DELETE FROM leases WHERE id = ?", (lease,)))
@@ -219,21 +224,15 @@ class LocalCounters:
                     return "tpm", (used, oldest)
             lease = None
             if parallel is not None:
-                slot = f"parallel:{name}"
-                db.execute("DELETE FROM leases WHERE name = ? AND expires <= ?", (slot, now))
-                (held,) = db.execute("SELECT COUNT(*) FROM leases WHERE name = ?", (slot,)).fetchone()
-                if held >= parallel:
+                lease = self._lease(db, f"parallel:{name}", parallel, now, lease_seconds)
+                if lease is None:
                     return "parallel", None
-                lease = uuid.uuid4().hex
-                db.execute("INSERT INTO leases (id, name, expires) VALUES (?, ?, ?)", (lease, slot, now + lease_seconds))
             if rpm is not None:
-                hits = f"rpm:{name}"
-                used, oldest = self._window(db, hits, now, window)
-                if used >= rpm:
+                wait = self._take(db, f"rpm:{name}", rpm, now, window)
+                if wait is not None:
                     if lease is not None:
                         db.execute("DELETE FROM leases WHERE id = ?", (lease,))
-                    return "rpm", (oldest + window - now) if oldest is not None else window
-                self._hit(db, hits, now, 1)
+                    return "rpm", wait
             return None, lease
         return self._transaction(work)
 
