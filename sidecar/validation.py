@@ -15,12 +15,12 @@ from collections.abc import Mapping
 
 import jsonschema_rs
 
+from .body import SMALL_FIELD
 from .errors import InvalidRequest
 from .spec import Operation, Spec, resolve
 
 MAX_DETAILS = 20
 BUNDLE_URI = "urn:mistral-sidecar:spec"
-FORM_FIELD_LIMIT = 1024  # body.SMALL_FIELD: longer multipart values are kept cut short, so not validated
 _KIND_TYPES = {
     "Required": "missing",
     "AdditionalProperties": "extra_forbidden",
@@ -192,7 +192,7 @@ class RequestValidator:
         if self._form_validator is None or not fields:
             return
         instance = {name: coerce([fields[name]]) for name, coerce in self._form_coercers.items()
-                    if name in fields and len(fields[name].encode()) < FORM_FIELD_LIMIT}
+                    if name in fields and len(fields[name].encode()) < SMALL_FIELD}  # longer ones were cut
         if not self._form_validator.is_valid(instance):
             raise InvalidRequest(self._details(self._form_validator, instance, where="body"))
 
@@ -238,8 +238,9 @@ def compile_validators(spec: Spec) -> dict[str, RequestValidator]:
             entry["params"] = params
         if op.body_kind == "json" and op.body_schema:
             entry["body"] = op.body_schema
-        if op.body_kind == "multipart" and _form_properties(doc, op):
-            entry["form"] = {"type": "object", "properties": _form_properties(doc, op)}
+        form = _form_properties(doc, op) if op.body_kind == "multipart" else None
+        if form:
+            entry["form"] = {"type": "object", "properties": form}
         per_op[op.id] = entry
     # One registry holds the whole document once; each validator compiles only what its schema reaches.
     # (validator_map_for compiled every subschema of the document: 6x the memory in every worker.)
