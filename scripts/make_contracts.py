@@ -2,7 +2,7 @@
 
 Deterministic: the same spec always gives the same files. Each instance is built from the schema (its
 examples first, then the smallest values its constraints allow, with readable strings), and every
-generated contract is checked with ``sidecar.conformance`` before it is written. Files whose ``source`` is
+generated contract is checked with ``sidecar.contracts.conformance`` before it is written. Files whose ``source`` is
 not ``generated`` are never touched. Usage: ``python scripts/make_contracts.py [--check] [--out DIR]``.
 """
 
@@ -18,10 +18,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sidecar import contracts  # noqa: E402
-from sidecar.conformance import Conformance, _responses  # noqa: E402
-from sidecar.contracts import Contract  # noqa: E402
-from sidecar.spec import Operation, Spec, resolve  # noqa: E402
+from sidecar.contracts import index as contracts  # noqa: E402
+from sidecar.contracts.conformance import Conformance, _responses  # noqa: E402
+from sidecar.contracts.index import Contract  # noqa: E402
+from sidecar.core.spec import Operation, Spec, resolve  # noqa: E402
 
 FORMATS = {
     "date-time": "2025-11-25T10:00:00Z", "date": "2025-11-25", "time": "10:00:00", "uuid": "7f3b1c2e-5a4d-4e8f-9b6a-1c2d3e4f5a6b",

@@ -10,19 +10,22 @@ from pathlib import Path
 
 from flask import Flask
 
-from . import admin, health, metrics, reports, routes, transports
-from .accounting import Accountant
-from .auth import Authenticator
-from .keys import KeyStore
-from .limits import Limits, counters_for
-from .pipeline import Pipeline
-from .pricing import PriceTable
-from .settings import Settings
-from .spec import Spec
-from .spend import SpendLog
-from .store import open_engine
-from .upstream import Upstream
-from .validation import compile_validators
+from sidecar.access.auth import Authenticator
+from sidecar.access.keys import KeyStore
+from sidecar.access.limits import Limits, counters_for
+from sidecar.accounting import metrics
+from sidecar.accounting.accountant import Accountant
+from sidecar.accounting.spend import SpendLog
+from sidecar.core.pricing import PriceTable
+from sidecar.core.spec import Spec
+from sidecar.core.validation import compile_validators
+from sidecar.settings import Settings
+from sidecar.store import open_engine
+from sidecar.upstream import transports
+from sidecar.upstream.client import Upstream
+from sidecar.web import routes
+from sidecar.web.handlers import admin, health, reports
+from sidecar.web.pipeline import Pipeline
 
 _SHUTDOWN: list = []
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from sidecar import metrics
+from sidecar.accounting import metrics
 from sidecar.settings import Settings, SettingsError, is_loopback
 
 # Metrics are written per worker into this directory and merged on scrape; it must exist in the

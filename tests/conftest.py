@@ -11,8 +11,8 @@ import pytest
 from werkzeug.serving import make_server
 
 from sidecar import create_app
-from sidecar.pipeline import Pipeline
 from sidecar.settings import Settings
+from sidecar.web.pipeline import Pipeline
 
 from .fakes import FakeMistral
 

@@ -1,0 +1,159 @@
+"""The account step: usage read from each answer, priced, and handed to the spend sinks once.
+
+``Accountant`` is the pipeline's single accounting collaborator: admission (limits), usage
+metering for plain and streamed answers, cost headers, and the one ``finish`` per exchange that
+writes the log line and the spend record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from sidecar.core import usage as usage_mod
+from sidecar.core.exchange import Exchange
+from sidecar.core.sse import UsageWatcher
+
+access_log = logging.getLogger("sidecar.access")
+log = logging.getLogger("sidecar.accounting.accountant")
+
+
+def _no_release() -> None:
+    return None
+
+
+class Accountant:
+    """Meters, prices and records exchanges; ``sinks`` receive each finished exchange."""
+
+    def __init__(self, prices=None, limits=None, sinks=(), batch_operations=frozenset(), *, metrics=None,
+                 spend=None, log_bodies=False):
+        self.prices = prices
+        self.limits = limits
+        self.sinks = list(sinks)
+        self.batch_operations = batch_operations
+        self.metrics = metrics  # metrics.Metrics, or None
+        self.spend = spend  # spend.SpendLog: the key's running spend for x-sidecar-key-spend
+        self.log_bodies = log_bodies  # prompts and answers in the log line: off unless asked for
+        self._unpriced_warned: set[str] = set()
+
+    def admit(self, ex: Exchange):
+        """Apply the caller's limits; returns the callable that releases what admission took."""
+        if self.limits is None:
+            return _no_release
+        return self.limits.admit(ex)
+
+    def stream_meter(self, ex: Exchange):
+        """Called once per relayed event stream: counts it as open, and watches it for usage."""
+        if self.metrics is not None and not ex.open_stream:
+            ex.open_stream = True
+            self.metrics.stream_opened()
+        ex.stream = True
+        kind = usage_mod.kind_for(ex.operation_id)
+        if kind == "none":
+            return None
+        return UsageWatcher(kind, ex.request_json)
+
+    def account_body(self, ex: Exchange, content: bytes) -> None:
+        kind = usage_mod.kind_for(ex.operation_id)
+        if kind == "none" or ex.status >= 400:
+            return
+        try:
+            data = json.loads(content)
+        except (ValueError, RecursionError):  # relayed as is; an upstream's bad JSON is no sidecar 500
+            return
+        if isinstance(data, dict):
+            if self.log_bodies:
+                ex.response_json = data
+            self._price(ex, usage_mod.from_body(kind, data, ex.request_json))
+
+    def _price(self, ex: Exchange, usage) -> None:
+        ex.usage = usage
+        if usage is None or self.prices is None:
+            return
+        model = ex.model or getattr(usage, "model", None) or _requested_model(ex.request_json)
+        ex.model = model  # agents and conversations may name no model in a field the spec declares
+        ex.cost = self.prices.cost(model, usage)
+        if ex.cost is None and model not in self._unpriced_warned:
+            # Once per model and process: an unpriced model in heavy use must not flood the log.
+            self._unpriced_warned.add(model)
+            log.warning("no price for model %r; its cost is recorded as null (add it under model_prices)", model)
+
+    def response_headers(self, ex: Exchange) -> list[tuple[str, str]]:
+        """``x-sidecar-cost`` of this answer and, for a virtual key, ``x-sidecar-key-spend`` including it."""
+        self._settle_cost(ex)
+        if ex.cost is None:
+            return []
+        headers = [("x-sidecar-cost", _usd(ex.cost))]
+        caller = ex.caller
+        if self.spend is not None and getattr(caller, "kind", None) == "virtual":
+            headers.append(("x-sidecar-key-spend", _usd(self.spend.key_spend(caller.key_hash) + ex.cost)))
+        return headers
+
+    def _settle_cost(self, ex: Exchange) -> None:
+        """Cost 0, not null, where nothing billable happened: free operations, refusals, upstream errors.
+
+        Null stays for what should have been priced and could not be (unpriced model, usage missing).
+        """
+        if ex.cost is None and (ex.status >= 400 or not ex.status or ex.usage is None
+                                and usage_mod.kind_for(ex.operation_id) == usage_mod.NONE):
+            ex.cost = 0.0
+
+    def finish(self, ex: Exchange, meter=None) -> None:
+        """Record the exchange exactly once: usage from the meter, log line, spend sinks."""
+        if ex.finished:
+            return
+        ex.finished = True
+        if meter is not None and ex.usage is None:
+            self._price(ex, meter.usage)
+        self._settle_cost(ex)
+        latency = ex.latency
+        if self.metrics is not None:
+            if ex.open_stream:
+                self.metrics.stream_closed()
+            self.metrics.observe(ex, latency)
+        if access_log.isEnabledFor(logging.INFO):
+            line = self.log_line(ex, latency)
+            if self.log_bodies:
+                line["request_body"], line["response_body"] = ex.request_json, ex.response_json
+            # The record made directly: ``info`` would walk the stack for a caller no format prints.
+            access_log.handle(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0,
+                                                    json.dumps(line, separators=(",", ":"), default=str),
+                                                    None, None, "finish"))
+        for sink in self.sinks:
+            try:
+                sink(ex)
+            except Exception:  # a failing sink must not break the response; it is logged loudly
+                log.exception("spend sink %r failed for request %s", sink, ex.request_id)
+
+    @staticmethod
+    def log_line(ex: Exchange, latency: float | None = None) -> dict:
+        """The access-log record: what happened and what it cost, never a key, a prompt or an answer.
+
+        The key appears as its alias (a name an operator chose) and the first 12 hex digits of its
+        sha256, enough to find it in ``/key/list`` and useless to anyone else.
+        """
+        u = ex.usage
+        caller = ex.caller
+        key_hash = getattr(caller, "key_hash", None)
+        latency = ex.latency if latency is None else latency
+        return {
+            "ts": round(time.time(), 3), "request_id": ex.request_id, "method": ex.method, "route": ex.route,
+            "operation": ex.operation_id, "status": ex.status, "latency_ms": round(latency * 1000, 2),
+            "upstream_ms": round(ex.upstream_latency * 1000, 2) if ex.upstream_latency is not None else None,
+            "model": ex.model, "stream": ex.stream, "key_alias": getattr(caller, "alias", None),
+            "key": key_hash[:12] if key_hash else None, "end_user": ex.end_user,
+            "prompt_tokens": getattr(u, "prompt_tokens", None), "completion_tokens": getattr(u, "completion_tokens", None),
+            "total_tokens": getattr(u, "total_tokens", None), "pages": getattr(u, "pages", None) or None,
+            "audio_seconds": getattr(u, "audio_seconds", None) or None, "characters": getattr(u, "characters", None) or None,
+            "cost": ex.cost, "error": ex.error,
+        }
+
+
+def _requested_model(request_json) -> str | None:
+    model = request_json.get("model") if isinstance(request_json, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
+def _usd(cost: float) -> str:
+    return f"{cost:.10f}".rstrip("0").rstrip(".") or "0"

@@ -1,0 +1,271 @@
+"""A LiteLLM-style ``config.yaml`` read once at start-up into frozen data.
+
+Pure (no Flask, no requests). ``load(path, env)`` takes the environment as a mapping so that
+``settings.py`` stays the only reader of ``os.environ``. Values written ``os.environ/NAME`` are
+filled from that mapping and treated as secrets: they never appear in reprs, warnings or errors.
+Unknown keys are warned about (LiteLLM configs carry many we do not need), never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from urllib.parse import urlsplit
+
+import yaml
+
+log = logging.getLogger("sidecar.core.config")
+ENV_REF = re.compile(r"os\.environ/([A-Za-z_][A-Za-z0-9_]*)")
+
+# provider prefix of litellm_params.model -> (default api_base or None for the sidecar's default, key variable)
+PROVIDERS: Mapping[str, tuple[str | None, str]] = MappingProxyType({
+    "mistral": (None, "MISTRAL_API_KEY"),
+    "codestral": ("https://codestral.mistral.ai", "CODESTRAL_API_KEY"),
+    "text-completion-codestral": ("https://codestral.mistral.ai", "CODESTRAL_API_KEY"),
+})
+PRICE_KEYS = frozenset({
+    "input_cost_per_token", "output_cost_per_token", "input_cost_per_page", "output_cost_per_page",
+    "input_cost_per_second", "output_cost_per_second", "input_cost_per_character", "output_cost_per_character",
+    "cache_read_input_token_cost", "ocr_cost_per_page", "annotation_cost_per_page",
+})
+TOP_KEYS = frozenset({"model_list", "general_settings", "litellm_settings", "router_settings", "environment_variables"})
+PARAM_KEYS = frozenset({"model", "api_key", "api_base", "rpm", "tpm", "timeout", "max_retries"}) | PRICE_KEYS
+MODEL_KEYS = frozenset({"model_name", "litellm_params", "model_info"})
+GENERAL_KEYS = frozenset({"master_key", "database_url", "pass_through_endpoints"})
+PASS_KEYS = frozenset({"path", "target", "headers", "forward_headers", "include_subpath", "auth"})
+
+
+class ConfigError(ValueError):
+    """The config file cannot be used; the message names the file, the key and the problem."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One ``model_list`` entry: the alias clients send and where it really goes."""
+
+    alias: str
+    provider: str
+    model: str  # the upstream model name, without the provider prefix
+    api_key: str | None = field(default=None, repr=False)
+    api_base: str | None = None  # None: the sidecar's default Mistral base
+    prices: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PassThroughEndpoint:
+    """A ``general_settings.pass_through_endpoints`` entry: a local path relayed to a fixed target URL."""
+
+    path: str
+    target: str
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    forward_headers: bool = False
+    include_subpath: bool = False
+    auth: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    models: tuple[ModelEntry, ...] = ()
+    master_key: str | None = field(default=None, repr=False)
+    database_url: str | None = field(default=None, repr=False)
+    pass_through: tuple[PassThroughEndpoint, ...] = ()
+    warnings: tuple[str, ...] = ()
+    provider_keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # e.g. codestral: CODESTRAL_API_KEY
+    secret_values: frozenset[str] = field(default=frozenset(), repr=False)
+
+    @property
+    def model_prices(self) -> Mapping[str, Mapping[str, float]]:
+        """Per-alias price overrides from ``model_info`` / ``litellm_params`` (for the price table)."""
+        return MappingProxyType({m.alias: m.prices for m in self.models if m.prices})
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(sorted(self.secret_values))
+
+
+class _Reader:
+    """Walks the parsed YAML, collecting warnings and secrets; every error names file and key."""
+
+    def __init__(self, path: Path, env: Mapping[str, str]):
+        self.path = path
+        self.env = env
+        self.warnings: list[str] = []
+        self.secrets: set[str] = set()
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key}: {problem}")
+
+    def warn_unknown(self, node: Mapping, known: frozenset[str], where: str) -> None:
+        for key in node:
+            if key not in known:
+                message = f"{self.path}: {where}{key}: unknown key, ignored"
+                self.warnings.append(message)
+                log.warning(message)
+
+    def mapping(self, node, key: str) -> Mapping:
+        if node is None:
+            return {}
+        if not isinstance(node, Mapping):
+            raise self.fail(key, f"must be a mapping, got {type(node).__name__}")
+        return node
+
+    def string(self, node, key: str, *, required: bool = False, secret: bool = False) -> str | None:
+        if node is None:
+            if required:
+                raise self.fail(key, "is required")
+            return None
+        if isinstance(node, bool) or not isinstance(node, (str, int, float)):
+            raise self.fail(key, f"must be a string, got {type(node).__name__}")
+        return self.substitute(str(node), key, secret=secret)
+
+    def substitute(self, value: str, key: str, *, secret: bool = False) -> str:
+        """Fill ``os.environ/NAME`` references; what they bring in is a secret."""
+        def fill(match: re.Match) -> str:
+            name = match.group(1)
+            found = self.env.get(name)
+            if found in (None, ""):
+                raise self.fail(key, f"environment variable {name} is not set")
+            self.secrets.add(found)
+            return found
+        filled = ENV_REF.sub(fill, value)
+        if secret and filled:
+            self.secrets.add(filled)
+        return filled
+
+    def flag(self, node, key: str, default: bool) -> bool:
+        if node is None:
+            return default
+        if isinstance(node, bool):
+            return node
+        if isinstance(node, str) and node.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
+            return node.strip().lower() in ("true", "yes", "1")
+        raise self.fail(key, f"must be true or false, got {node!r}")
+
+    def url(self, node, key: str, *, required: bool = False) -> str | None:
+        value = self.string(node, key, required=required)
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise self.fail(key, "must be an http(s) URL")
+        return value.rstrip("/")
+
+
+def _prices(reader: _Reader, *sources: tuple[Mapping, str]) -> dict[str, float]:
+    prices: dict[str, float] = {}
+    for node, where in sources:
+        for name in PRICE_KEYS & set(node):
+            value = node[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise reader.fail(f"{where}.{name}", f"must be a non-negative number, got {value!r}")
+            prices[name] = float(value)
+    return prices
+
+
+def _model(reader: _Reader, node, index: int) -> ModelEntry:
+    where = f"model_list[{index}]"
+    node = reader.mapping(node, where)
+    reader.warn_unknown(node, MODEL_KEYS, f"{where}.")
+    alias = reader.string(node.get("model_name"), f"{where}.model_name", required=True)
+    params = reader.mapping(node.get("litellm_params"), f"{where}.litellm_params")
+    reader.warn_unknown(params, PARAM_KEYS, f"{where}.litellm_params.")
+    info = reader.mapping(node.get("model_info"), f"{where}.model_info")
+    full = reader.string(params.get("model"), f"{where}.litellm_params.model", required=True)
+    provider, slash, name = full.partition("/")
+    if not slash or not name:
+        provider, name = "mistral", full
+    if provider not in PROVIDERS:
+        raise reader.fail(f"{where}.litellm_params.model",
+                          f"provider '{provider}' is not served here (use one of {', '.join(PROVIDERS)})")
+    default_base, key_variable = PROVIDERS[provider]
+    api_key = reader.string(params.get("api_key"), f"{where}.litellm_params.api_key", secret=True)
+    if api_key is None and default_base is not None:
+        api_key = reader.env.get(key_variable) or None
+        if api_key:
+            reader.secrets.add(api_key)
+    base = reader.url(params.get("api_base"), f"{where}.litellm_params.api_base") or default_base
+    prices = _prices(reader, (params, f"{where}.litellm_params"), (info, f"{where}.model_info"))
+    return ModelEntry(alias, provider, name, api_key, base, MappingProxyType(prices))
+
+
+def _pass_through(reader: _Reader, node, index: int) -> PassThroughEndpoint:
+    where = f"general_settings.pass_through_endpoints[{index}]"
+    node = reader.mapping(node, where)
+    reader.warn_unknown(node, PASS_KEYS, f"{where}.")
+    path = reader.string(node.get("path"), f"{where}.path", required=True)
+    if not path.startswith("/") or "<" in path or "{" in path or ".." in path.split("/"):
+        raise reader.fail(f"{where}.path", "must be a plain absolute path such as /mistral/v1/ocr")
+    target = reader.url(node.get("target"), f"{where}.target", required=True)
+    headers = reader.mapping(node.get("headers"), f"{where}.headers")
+    pairs = tuple((str(name), reader.string(value, f"{where}.headers.{name}", required=True, secret=True))
+                  for name, value in headers.items())
+    return PassThroughEndpoint(
+        path=path.rstrip("/") or "/",
+        target=target,
+        headers=pairs,
+        forward_headers=reader.flag(node.get("forward_headers"), f"{where}.forward_headers", False),
+        include_subpath=reader.flag(node.get("include_subpath"), f"{where}.include_subpath", False),
+        auth=reader.flag(node.get("auth"), f"{where}.auth", True),
+    )
+
+
+def load(path: Path | str, env: Mapping[str, str]) -> Config:
+    """Read and check ``path``; raises ``ConfigError`` naming the file, the key and the problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read: {type(exc).__name__}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    return parse(document, path, env)
+
+
+def parse(document, path: Path, env: Mapping[str, str]) -> Config:
+    reader = _Reader(path, env)
+    root = reader.mapping(document, "(top level)")
+    reader.warn_unknown(root, TOP_KEYS, "")
+    extra_env = reader.mapping(root.get("environment_variables"), "environment_variables")
+    if extra_env:
+        reader.env = {**{str(k): str(v) for k, v in extra_env.items()}, **env}
+    models_node = root.get("model_list") or []
+    if not isinstance(models_node, list):
+        raise reader.fail("model_list", "must be a list")
+    models = tuple(_model(reader, node, i) for i, node in enumerate(models_node))
+    aliases = [m.alias for m in models]
+    duplicated = sorted({a for a in aliases if aliases.count(a) > 1})
+    if duplicated:  # LiteLLM load-balances duplicates; we route one alias to one deployment
+        raise reader.fail("model_list", f"model_name {duplicated[0]!r} is listed more than once")
+    general = reader.mapping(root.get("general_settings"), "general_settings")
+    reader.warn_unknown(general, GENERAL_KEYS, "general_settings.")
+    for ignored in ("litellm_settings", "router_settings"):
+        if root.get(ignored):
+            reader.warnings.append(f"{path}: {ignored}: not used by mistral-sidecar, ignored")
+    endpoints_node = general.get("pass_through_endpoints") or []
+    if not isinstance(endpoints_node, list):
+        raise reader.fail("general_settings.pass_through_endpoints", "must be a list")
+    endpoints = tuple(_pass_through(reader, node, i) for i, node in enumerate(endpoints_node))
+    paths = [e.path for e in endpoints]
+    if len(set(paths)) != len(paths):
+        raise reader.fail("general_settings.pass_through_endpoints", "the same path is listed twice")
+    provider_keys = {name: reader.env[variable] for name, (base, variable) in PROVIDERS.items()
+                     if base is not None and reader.env.get(variable)}
+    reader.secrets.update(provider_keys.values())
+    return Config(
+        path=path,
+        models=models,
+        master_key=reader.string(general.get("master_key"), "general_settings.master_key", secret=True),
+        database_url=reader.string(general.get("database_url"), "general_settings.database_url", secret=True),
+        pass_through=endpoints,
+        warnings=tuple(reader.warnings),
+        provider_keys=MappingProxyType(provider_keys),
+        secret_values=frozenset(reader.secrets),
+    )

@@ -1,0 +1,160 @@
+"""Reading request bodies within limits: JSON read and parsed once, multipart spooled and scanned.
+
+Limits are checked against Content-Length before a byte is read, and again while reading (for
+chunked bodies), so an oversized body gets 413 without being held whole in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass
+
+from werkzeug.http import parse_options_header
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder
+
+from sidecar.core.errors import BadRequest, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from sidecar.core.validation import SMALL_FIELD
+
+CHUNK = 64 * 1024
+SPOOL_IN_MEMORY = 1024 * 1024
+REPAIR_LIMIT = 1024 * 1024
+# A JSON string, or a comma whose next non-blank character closes an object or array.
+_STRING_OR_TRAILING_COMMA = re.compile(r'"(?:\\.|[^"\\])*"|,(\s*[}\]])')
+
+
+@dataclass(slots=True)
+class Body:
+    """A request body as the pipeline forwards it: raw bytes or a spooled file, plus what was parsed."""
+
+    raw: bytes | None = None
+    file: object | None = None  # spooled multipart body
+    size: int = 0
+    json: object = None
+    parts: frozenset[str] = frozenset()
+    fields: dict | None = None  # small multipart text fields
+
+    @property
+    def payload(self):
+        if self.file is not None:
+            self.file.seek(0)
+            return self.file
+        return self.raw
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _check_length(request, limit: int) -> None:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"Request body of {length} bytes exceeds the limit of {limit} bytes.")
+
+
+def read_json(request, limit: int, required: bool) -> Body:
+    """Read and parse a JSON body; malformed JSON is a 400, a missing required body a 422."""
+    _check_length(request, limit)
+    mimetype = request.mimetype
+    length = request.content_length
+    # With a length, read just that: read(limit + 1) on werkzeug's LimitedStream allocates (and
+    # zeroes) a buffer of the whole limit, 32 MiB by default, on every request.
+    raw = request.stream.read(length if length is not None else limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+    if not raw.strip():
+        if required:
+            raise InvalidRequest([{"loc": ["body"], "msg": "Field required", "type": "missing"}])
+        return Body(raw=None)
+    if mimetype and "json" not in mimetype and mimetype != "text/plain":
+        raise UnsupportedMediaType(f"Expected a JSON body (Content-Type: application/json), got '{mimetype}'.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("Request body is not valid UTF-8.", code="invalid_utf8") from None
+    try:
+        return Body(raw=raw, size=len(raw), json=json.loads(text))
+    except (ValueError, RecursionError) as exc:
+        repaired = _without_trailing_commas(text)
+        if repaired is None:
+            raise BadRequest(f"Malformed JSON body: {_json_reason(exc)}", code="invalid_json") from None
+        return Body(raw=None, size=len(raw), json=repaired)  # re-serialised on forward
+
+
+def _without_trailing_commas(text: str):
+    """Parse JSON whose only fault is trailing commas (``{"a": 1,}``), as in hand-written curl
+    examples such as LiteLLM's; anything else stays malformed. Returns the value or None."""
+    if len(text) > REPAIR_LIMIT:
+        return None
+    fixed = _STRING_OR_TRAILING_COMMA.sub(lambda m: m.group(1) if m.group(1) is not None else m.group(0), text)
+    if fixed == text:
+        return None
+    try:
+        return json.loads(fixed)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _json_reason(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    return "nesting too deep" if isinstance(exc, RecursionError) else "not JSON"
+
+
+def read_multipart(request, limit: int) -> Body:
+    """Spool a multipart body (memory up to 1 MiB, then disk) and note its part names."""
+    _check_length(request, limit)
+    mimetype, options = parse_options_header(request.headers.get("Content-Type", ""))
+    boundary = options.get("boundary")
+    if mimetype != "multipart/form-data" or not boundary:
+        raise UnsupportedMediaType("Expected a multipart/form-data body with a boundary.")
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+    decoder = MultipartDecoder(boundary.encode("latin-1"), max_form_memory_size=None)
+    scan = _PartScan()
+    size = 0
+    try:
+        while chunk := request.stream.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"Upload exceeds the limit of {limit} bytes.")
+            spool.write(chunk)
+            decoder.receive_data(chunk)
+            scan.drain(decoder)
+        decoder.receive_data(None)
+        scan.drain(decoder)
+    except ValueError as exc:
+        spool.close()
+        raise BadRequest(f"Malformed multipart body: {exc}", code="invalid_multipart") from None
+    except BaseException:
+        spool.close()
+        raise
+    return Body(file=spool, size=size, parts=frozenset(scan.names), fields=scan.fields)
+
+
+class _PartScan:
+    """Collects part names and small text values from a sans-io multipart decoder."""
+
+    def __init__(self):
+        self.names: set[str] = set()
+        self.fields: dict[str, str] = {}
+        self._current: str | None = None
+        self._value = bytearray()
+
+    def drain(self, decoder: MultipartDecoder) -> None:
+        while True:
+            event = decoder.next_event()
+            if event is None or event.__class__.__name__ == "NeedData":
+                return
+            if isinstance(event, (Field, File)):
+                self.names.add(event.name)
+                self._current = event.name if isinstance(event, Field) else None
+                self._value.clear()
+            elif isinstance(event, Data) and self._current is not None:
+                if len(self._value) < SMALL_FIELD:
+                    self._value += event.data[:SMALL_FIELD]
+                if not event.more_data:
+                    self.fields[self._current] = self._value.decode("utf-8", "replace")
+                    self._current = None
+            elif isinstance(event, Epilogue):
+                return

@@ -1,0 +1,45 @@
+"""The spend report routes: ``GET /spend/logs`` (the records, filtered and paged) and ``GET /spend/report``
+(totals grouped by key, model, end user or day), over ``spend.SpendLog``.
+
+The master key sees everything; a virtual key sees only its own records, whatever it asks for.
+"""
+
+from __future__ import annotations
+
+from flask import jsonify, request
+
+from sidecar.accounting.spend import GROUPS, parse_time
+from sidecar.core.errors import BadRequest
+
+
+def _filters(pipeline, ex) -> dict:
+    args = request.args
+    filters = {"key_hash": args.get("key_hash"), "key_alias": args.get("key_alias"), "end_user": args.get("end_user"),
+               "model": args.get("model"), "operation": args.get("operation"),
+               "start": parse_time(args.get("start"), "start"), "end": parse_time(args.get("end"), "end")}
+    caller = ex.caller
+    if caller is not None and not caller.is_master:
+        filters["key_hash"], filters["key_alias"] = caller.key_hash, None  # a virtual key reads only itself
+    return filters
+
+
+def _spend_log(pipeline):
+    spend = pipeline.accountant.spend
+    spend.flush()  # this worker's queued records appear at once; other workers' within a flush interval
+    return spend
+
+
+def logs(pipeline, ex, body, path_params):
+    args = request.args
+    page, size = args.get("page", 1, type=int), args.get("page_size", 100, type=int)
+    return jsonify(_spend_log(pipeline).logs(_filters(pipeline, ex), page=max(1, page), size=max(1, min(size, 1000))))
+
+
+def report(pipeline, ex, body, path_params):
+    group_by = request.args.get("group_by", "key")
+    if group_by not in GROUPS:
+        raise BadRequest(f"group_by must be one of {', '.join(GROUPS)}; got {group_by!r}.", param="group_by")
+    return jsonify(_spend_log(pipeline).report(group_by, _filters(pipeline, ex)))
+
+
+HANDLERS = {"spend.logs": logs, "spend.report": report}

@@ -1,0 +1,150 @@
+"""Custom pass-through endpoints from config.yaml: a local path relayed as-is to a configured target URL.
+
+They share the pipeline's collaborators (auth, limits, upstream with its retries, relay, accounting)
+but skip validation: the body is the client's, forwarded untouched. A configured path wins over a
+spec route at the same path; when it shadows a spec operation, the exchange is accounted as that
+operation (so an OCR pass-through is still priced per page).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from urllib.parse import quote, unquote
+
+from flask import Flask, Response, request
+
+from sidecar.access.auth import bearer
+from sidecar.core.config import PassThroughEndpoint
+from sidecar.core.errors import BadRequest, InvalidRequest, PayloadTooLarge, SidecarError
+from sidecar.core.exchange import Exchange
+from sidecar.core.router import Target
+from sidecar.core.spec import flask_rule
+from sidecar.upstream.client import DROP_OUTBOUND
+from sidecar.web import body as bodies
+from sidecar.web.pipeline import _request_id
+
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+CHUNK = 64 * 1024
+UNSAFE_IN_RAW_PATH = ("%2f", "%5c")  # encoded "/" and "\": werkzeug decodes them before routing
+
+
+def safe_subpath(subpath: str, raw_uri: str) -> str:
+    """The subpath, percent-encoded for the target; 400 if it could climb above the target."""
+    if any(token in raw_uri.split("?", 1)[0].lower() for token in UNSAFE_IN_RAW_PATH):
+        raise BadRequest("Encoded slashes are not allowed in a pass-through path.", code="unsafe_path")
+    for segment in subpath.split("/"):
+        decoded, seen = segment, None
+        while decoded != seen:  # undo double (and deeper) encoding: %252e%252e -> %2e%2e -> ..
+            seen, decoded = decoded, unquote(decoded)
+        if decoded in ("", ".", "..") or any(c in decoded for c in "/\\\x00"):
+            raise BadRequest("A pass-through subpath may not contain empty, '.' or '..' segments.",
+                             code="unsafe_path")
+    return quote(subpath, safe="/")
+
+
+class PassThrough:
+    """The view for one configured endpoint."""
+
+    def __init__(self, pipeline, endpoint: PassThroughEndpoint, operation_id: str | None):
+        self.pipeline = pipeline
+        self.endpoint = endpoint
+        self.operation_id = operation_id or "sidecar_pass_through"
+        self.fixed = {name.lower(): (name, value) for name, value in endpoint.headers}
+
+    def view(self, subpath: str | None = None) -> Response:
+        pipeline = self.pipeline
+        ex = Exchange(_request_id(request.headers), self.operation_id, request.method, self.endpoint.path)
+        body = None
+        try:
+            caller = ex.caller = pipeline.auth.authenticate(request.headers) if self.endpoint.auth else None
+            url = self.endpoint.target + (f"/{safe_subpath(subpath, _raw_uri())}" if subpath is not None else "")
+            body = self._read_body()
+            ex.request_json = body.json
+            ex.model = body.json.get("model") if isinstance(body.json, dict) else None
+            ex.model = ex.model if isinstance(ex.model, str) else None
+            ex.end_user = request.headers.get(pipeline.settings.end_user_header)
+            if caller is not None:
+                pipeline.auth.authorize_model(caller, ex.model)
+            release = pipeline.accountant.admit(ex)
+            try:
+                upstream = pipeline.upstream.send(Target(url), request.method, "",
+                                                  request.query_string.decode("latin-1"),
+                                                  self._headers(body), body.payload)
+                return pipeline._respond(ex, upstream, body, release)  # the pipeline's relay + accounting
+            except BaseException:
+                release()
+                raise
+        except (SidecarError, InvalidRequest) as error:
+            if body is not None:
+                body.close()
+            return pipeline.refuse(ex, error)
+
+    def _read_body(self) -> bodies.Body:
+        """JSON bodies are read to learn the model (for accounting); other bodies are spooled within limits."""
+        settings = self.pipeline.settings
+        if request.mimetype and "json" in request.mimetype:
+            limit = settings.max_body_bytes
+            raw = request.stream.read(limit + 1)
+            if len(raw) > limit:
+                raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+            try:
+                parsed = json.loads(raw) if raw.strip() else None
+            except ValueError:
+                parsed = None  # not ours to judge: relayed as sent
+            return bodies.Body(raw=raw or None, size=len(raw), json=parsed)
+        limit = settings.max_upload_bytes
+        spool = tempfile.SpooledTemporaryFile(max_size=bodies.SPOOL_IN_MEMORY)
+        size = 0
+        while chunk := request.stream.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                spool.close()
+                raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+            spool.write(chunk)
+        if not size:
+            spool.close()
+            return bodies.Body()
+        return bodies.Body(file=spool, size=size)
+
+    def _headers(self, body: bodies.Body) -> dict:
+        """Configured headers; with ``forward_headers`` also the client's, never its sidecar credential."""
+        headers: dict[str, str] = {}
+        if self.endpoint.forward_headers:
+            never = {s for s in (bearer(request.headers), self.pipeline.settings.master_key) if s}
+            drop = DROP_OUTBOUND | {self.pipeline.settings.end_user_header, "x-request-id"}
+            for name, value in request.headers.items():
+                low = name.lower()
+                if low in drop or low.startswith("x-sidecar-") or any(secret in value for secret in never):
+                    continue
+                headers[name] = value
+        elif request.content_type:
+            headers["Content-Type"] = request.content_type
+        for low, (name, value) in self.fixed.items():
+            for existing in [k for k in headers if k.lower() == low]:
+                del headers[existing]
+            headers[name] = value
+        if body.file is not None or body.raw is not None:
+            headers["Content-Length"] = str(body.size)
+        return headers
+
+
+def _raw_uri() -> str:
+    environ = request.environ
+    return environ.get("RAW_URI") or environ.get("REQUEST_URI") or request.path
+
+
+def register(app: Flask, pipeline, endpoints: tuple[PassThroughEndpoint, ...]) -> None:
+    """Add the configured routes; call before the spec's routes so that a configured path wins."""
+    by_path = {}
+    for prefix in ("", "/mistral"):
+        for e in pipeline.spec.endpoints:
+            by_path.setdefault(prefix + e.path, e.plain.id)
+    for endpoint in endpoints:
+        view = PassThrough(pipeline, endpoint, by_path.get(endpoint.path)).view
+        app.add_url_rule(flask_rule(endpoint.path), endpoint=f"passthrough:{endpoint.path}", view_func=view,
+                         methods=METHODS, provide_automatic_options=False)
+        if endpoint.include_subpath:
+            app.add_url_rule(flask_rule(endpoint.path).rstrip("/") + "/<path:subpath>",
+                             endpoint=f"passthrough:{endpoint.path}/*", view_func=view, methods=METHODS,
+                             provide_automatic_options=False)

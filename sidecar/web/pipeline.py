@@ -1,0 +1,272 @@
+"""The one generic view: route -> auth -> validate -> forward -> account -> respond.
+
+Every operation of the spec, proxied or the sidecar's own, goes through ``Pipeline.handle``;
+the differences between operations are data on ``Operation``, not branches per route.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+import time
+import uuid
+from urllib.parse import quote
+
+import urllib3
+from flask import Response, request
+
+from sidecar.core import dialect
+from sidecar.core.errors import (
+    BadRequest,
+    InvalidRequest,
+    SidecarError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    render,
+)
+from sidecar.core.exchange import Exchange
+from sidecar.core.router import ModelRouter
+from sidecar.core.spec import Endpoint, Operation, resolve
+from sidecar.upstream.client import inbound_headers, outbound_headers
+from sidecar.web import body as bodies
+from sidecar.web.relay import RELAY_ERRORS, RelayBody, upstream_chunks
+
+log = logging.getLogger("sidecar.web.pipeline")
+NO_STREAM_HEADERS = frozenset({"x-model-deprecation-timestamp"})  # breaks SDK 1.x on SSE responses
+# JSON answers up to this size are read whole to account usage; larger ones (file listings, exports)
+# are relayed as a stream without usage, so one answer cannot hold a worker's memory.
+JSON_ACCOUNT_LIMIT = 16 * 1024 * 1024
+_CONTROL = re.compile(r"[\r\n\x00]")  # never valid in a header value; CR/LF would split a forwarded header
+
+
+def _segment(name: str, value) -> str:
+    """A path parameter as one upstream path segment: quoted, and never a dot segment, which the
+    HTTP client would resolve (``/v1/files/../content`` is ``/v1/content``)."""
+    value = str(value)
+    if value in (".", ".."):
+        raise BadRequest(f"Path parameter '{name}' may not be '{value}'.", param=name, code="invalid_path_parameter")
+    return quote(value, safe="")
+
+
+def _request_id(headers) -> str:
+    given = headers.get("x-request-id", "")
+    if 0 < len(given) <= 64 and given.replace("-", "").isalnum():
+        return given
+    return uuid.uuid4().hex
+
+
+class Pipeline:
+    """Holds the collaborators built once at start-up and runs each request through them."""
+
+    def __init__(self, settings, spec, validators, upstream, authenticator, accountant, handlers, router=None):
+        self.settings = settings
+        self.spec = spec
+        self.validators = validators
+        self.upstream = upstream
+        self.auth = authenticator
+        self.accountant = accountant
+        self.handlers = handlers
+        # model -> (Target, upstream model name): config.yaml aliases, provider prefixes, else the default
+        self.router = router or ModelRouter.from_config(getattr(settings, "config", None), upstream.default_target)
+        self._drop_outbound = frozenset({settings.end_user_header, "x-request-id"})
+
+    # -- the view ---------------------------------------------------------------------------------
+    def handle(self, endpoint: Endpoint, path_params: dict, req=None) -> Response:
+        """Serve one request; ``req`` is the Werkzeug request (Flask's ``request`` when not given:
+        the spec dispatcher in routes.py calls without a Flask request context)."""
+        req = request._get_current_object() if req is None else req
+        headers = req.headers
+        op = endpoint.plain
+        ex = Exchange(_request_id(headers), op.id, op.method, endpoint.path)
+        body = None
+        try:
+            caller = ex.caller = self.auth.authenticate(headers) if op.auth != "none" else None
+            if op.auth == "master":  # before the body: only the master key learns what the route accepts
+                self.auth.require_master(caller)
+            body = self._read_body(op, req)
+            self._translate(op, body, req.path)
+            op = endpoint.pick(self._wants_stream(body))
+            ex.operation_id, ex.stream = op.id, op.stream_twin or self._wants_stream(body)
+            ex.end_user = self._take_end_user(op, body, headers)
+            self._validate(op, path_params, body, req.args)
+            ex.model = self._model(op, body, path_params)
+            ex.request_json = body.json
+            if caller is not None:
+                self.auth.authorize_model(caller, ex.model)
+            release = self.accountant.admit(ex)
+            try:
+                if op.handler is not None:
+                    response = self.handlers[op.handler](self, ex, body, path_params)
+                    return self._finish_plain(ex, response)
+                return self._forward(op, ex, body, path_params, release, req)
+            except BaseException:
+                release()
+                raise
+        except (SidecarError, InvalidRequest) as error:
+            if body is not None:
+                body.close()
+            return self.refuse(ex, error)
+
+    def refuse(self, ex: Exchange, error) -> Response:
+        payload, status, headers = render(error)
+        headers["x-request-id"] = ex.request_id
+        ex.status, ex.error = status, getattr(error, "code", None) or "invalid_request"
+        self.accountant.finish(ex)
+        return Response(payload, status, headers)
+
+    # -- steps --------------------------------------------------------------------------------------
+    def _read_body(self, op: Operation, req) -> bodies.Body:
+        if op.body_kind == "json":
+            return bodies.read_json(req, self.settings.max_body_bytes, op.body_required)
+        if op.body_kind == "multipart":
+            return bodies.read_multipart(req, self.settings.max_upload_bytes)
+        return bodies.Body()
+
+    @staticmethod
+    def _wants_stream(body: bodies.Body) -> bool:
+        if isinstance(body.json, dict):
+            return body.json.get("stream") is True
+        if body.fields:
+            return body.fields.get("stream", "").strip().lower() == "true"
+        return False
+
+    @staticmethod
+    def _translate(op: Operation, body: bodies.Body, path: str) -> None:
+        """OpenAI-style fields Mistral would refuse -> Mistral's (dialect.py); untouched bodies stay byte for byte."""
+        if dialect.applies(path) and dialect.translate(op.id, body.json):
+            body.raw = None  # re-serialised on forward
+
+    def _take_end_user(self, op: Operation, body: bodies.Body, headers) -> str | None:
+        """End user from the configured header, else an OpenAI-style ``user`` field Mistral would refuse."""
+        user = headers.get(self.settings.end_user_header)
+        data = body.json
+        if isinstance(data, dict) and "user" in data and op.proxied and not self._declares(op, "user"):
+            value = data.pop("user")
+            body.raw = None  # re-serialised on forward
+            if user is None and isinstance(value, str):
+                user = value
+        return user[:256] if user else None
+
+    def _declares(self, op: Operation, name: str) -> bool:
+        schema = resolve(self.spec.document, op.body_schema) or {}
+        return name in (schema.get("properties") or {})
+
+    def _validate(self, op: Operation, path_params: dict, body: bodies.Body, args) -> None:
+        validator = self.validators[op.id]
+        validator.check_params(path_params, args)
+        if op.body_kind == "json" and (body.json is not None or body.raw is not None):  # a JSON null is checked too
+            validator.check_body(body.json)
+        elif op.body_kind == "multipart":
+            validator.check_parts(body.parts, body.fields)
+
+    @staticmethod
+    def _model(op: Operation, body: bodies.Body, path_params: dict) -> str | None:
+        if op.model_in == "body" and isinstance(body.json, dict):
+            model = body.json.get("model")
+        elif op.model_in == "form" and body.fields:
+            model = body.fields.get("model")
+        elif op.model_in == "path":
+            model = path_params.get("model_id")
+        else:
+            model = None
+        return model if isinstance(model, str) else None
+
+    def _forward(self, op: Operation, ex: Exchange, body: bodies.Body, path_params: dict, release, req) -> Response:
+        target = self.upstream.default_target
+        if self.router is not None and ex.model:
+            target, upstream_model = self.router.resolve(ex.model)
+            if upstream_model != ex.model and isinstance(body.json, dict):
+                body.json["model"], body.raw = upstream_model, None
+        path = op.path.format(**{k: _segment(k, v) for k, v in path_params.items()})
+        headers = self._upstream_headers(op, target, body, req.headers)
+        sent = time.perf_counter()
+        upstream = self.upstream.send(target, op.method, path, req.query_string.decode("latin-1"),
+                                      headers, self._payload(body))
+        ex.upstream_latency = time.perf_counter() - sent
+        return self._respond(ex, upstream, body, release)
+
+    @staticmethod
+    def _payload(body: bodies.Body):
+        """The bytes as the client sent them, unless a step changed the JSON (then re-serialised)."""
+        if body.raw is not None or body.file is not None:
+            return body.payload
+        return json.dumps(body.json).encode() if body.json is not None else None
+
+    def _upstream_headers(self, op: Operation, target, body: bodies.Body, client_headers) -> dict:
+        items = list(client_headers.items())  # Werkzeug rebuilds them from the environ on every walk
+        for name, value in items:
+            if _CONTROL.search(value):
+                raise BadRequest(f"Header '{name}' contains a CR, LF or NUL character.", code="invalid_header")
+        headers = outbound_headers(items, target, op.auth, drop=self._drop_outbound)
+        if body.file is not None:
+            headers["Content-Length"] = str(body.size)
+        elif body.raw is None and body.json is not None:
+            headers["Content-Type"] = "application/json"
+        return headers
+
+    def _respond(self, ex: Exchange, upstream, body: bodies.Body, release) -> Response:
+        """Relay the upstream answer: SSE and non-JSON bodies streamed, JSON read to account usage."""
+        ex.status = upstream.status_code
+        ctype = upstream.headers.get("Content-Type", "")
+        is_sse = "text/event-stream" in ctype
+        if not is_sse and "json" in ctype:
+            return self._respond_json(ex, upstream, body, release)
+        return self._relay(ex, upstream, body, release, is_sse)
+
+    def _relay(self, ex: Exchange, upstream, body: bodies.Body, release, is_sse: bool, chunks=None) -> Response:
+        meter = self.accountant.stream_meter(ex) if is_sse else None
+
+        def finish(relay: RelayBody) -> None:
+            body.close()
+            release()
+            ex.error = relay.error or ex.error
+            self.accountant.finish(ex, meter)
+
+        headers = self._relay_headers(ex, upstream, NO_STREAM_HEADERS if is_sse else frozenset())
+        length = upstream.headers.get("Content-Length")
+        if not is_sse and length and not upstream.headers.get("Content-Encoding"):
+            headers.append(("Content-Length", length))
+        relay = RelayBody(upstream, chunks=chunks, on_chunk=meter.feed if meter else None, on_close=finish,
+                          is_sse=is_sse)
+        return Response(relay, upstream.status_code, headers, direct_passthrough=True)
+
+    def _respond_json(self, ex: Exchange, upstream, body: bodies.Body, release) -> Response:
+        chunks, read = upstream_chunks(upstream), bytearray()
+        try:
+            for chunk in chunks:
+                read += chunk
+                if len(read) > JSON_ACCOUNT_LIMIT:
+                    log.info("JSON answer above %d bytes relayed as a stream, unaccounted", JSON_ACCOUNT_LIMIT)
+                    return self._relay(ex, upstream, body, release, False, itertools.chain((bytes(read),), chunks))
+        except RELAY_ERRORS as exc:
+            upstream.close()
+            body.close()
+            release()
+            if isinstance(exc, (urllib3.exceptions.ReadTimeoutError, TimeoutError)):
+                return self.refuse(ex, UpstreamTimeout("Upstream stopped sending its answer midway."))
+            return self.refuse(ex, UpstreamUnavailable("Upstream response was cut before it finished."))
+        upstream.close()
+        body.close()
+        release()
+        content = bytes(read)
+        if ex.operation_id == dialect.LIST_MODELS and ex.status == 200 and self.router.aliases:
+            content = dialect.with_models(content, self.router.model_cards())
+        self.accountant.account_body(ex, content)
+        headers = self._relay_headers(ex, upstream)
+        headers.extend(self.accountant.response_headers(ex))
+        self.accountant.finish(ex)
+        return Response(content, upstream.status_code, headers)
+
+    @staticmethod
+    def _relay_headers(ex: Exchange, upstream, drop=frozenset()) -> list[tuple[str, str]]:
+        headers = inbound_headers(upstream.headers, drop)
+        headers.append(("x-request-id", ex.request_id))
+        return headers
+
+    def _finish_plain(self, ex: Exchange, response: Response) -> Response:
+        ex.status = response.status_code
+        response.headers["x-request-id"] = ex.request_id
+        self.accountant.finish(ex)
+        return response

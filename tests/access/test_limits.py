@@ -1,0 +1,162 @@
+"""Limits shared across processes: the SQLite counters of one machine and the Redis counters of many
+instances hold one limit between them, and admission turns them into Mistral-shaped refusals."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+import uuid
+
+import pytest
+
+from sidecar.access.auth import Caller
+from sidecar.access.limits import Limits, LocalCounters, RedisCounters, local_counters_path
+from sidecar.core.errors import BudgetExceeded, RateLimited, ServiceUnavailable
+from sidecar.core.exchange import Exchange
+from sidecar.settings import Settings
+
+from ..databases import redis_url
+
+
+@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
+def two_counters(request, tmp_path):
+    """Two independent counter objects over one shared backend: two workers, or two instances."""
+    if request.param == "local":
+        path = tmp_path / "limits.sqlite3"
+        yield LocalCounters(path), LocalCounters(path)
+        return
+    prefix = f"sidecar-test-{uuid.uuid4().hex[:12]}:"
+    first, second = RedisCounters(redis_url(), prefix), RedisCounters(redis_url(), prefix)
+    yield first, second
+    for name in first.redis.scan_iter(prefix + "*"):
+        first.redis.delete(name)
+
+
+def test_a_window_admits_exactly_its_limit_between_two_processes(two_counters):
+    results = [two_counters[i % 2].take("rpm:k", 5, 60) for i in range(12)]
+    assert results[:5] == [None] * 5
+    assert all(0 < wait <= 60 for wait in results[5:])
+
+
+def test_the_window_slides(two_counters):
+    a, b = two_counters
+    assert a.take("rpm:k", 2, 0.3) is None and b.take("rpm:k", 2, 0.3) is None
+    assert a.take("rpm:k", 2, 0.3) is not None
+    time.sleep(0.35)
+    assert b.take("rpm:k", 2, 0.3) is None
+
+
+def test_token_totals_add_up_across_processes(two_counters):
+    a, b = two_counters
+    assert a.total("tpm:k", 60) == (0, None)
+    a.add("tpm:k", 10, 60)
+    b.add("tpm:k", 5, 60)
+    used, oldest = b.total("tpm:k", 60)
+    assert used == 15 and time.time() - 5 < oldest <= time.time()
+
+
+def test_leases_count_in_flight_requests_and_expire_if_never_released(two_counters):
+    a, b = two_counters
+    first, second = a.acquire("parallel:k", 2, 60), b.acquire("parallel:k", 2, 60)
+    assert first and second and a.acquire("parallel:k", 2, 60) is None
+    b.release("parallel:k", first)
+    assert a.acquire("parallel:k", 2, 60) is not None
+    assert a.acquire("parallel:other", 1, 0.2) and b.acquire("parallel:other", 1, 0.2) is None
+    time.sleep(0.25)  # a worker that died holding the lease does not block the key forever
+    assert b.acquire("parallel:other", 1, 0.2) is not None
+
+
+def _hammer(path: str, results) -> None:
+    counters = LocalCounters(path)
+    results.put(sum(counters.take("rpm:shared", 7, 60) is None for _ in range(10)))
+
+
+def test_sqlite_counters_are_atomic_across_real_processes(tmp_path):
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    processes = [context.Process(target=_hammer, args=(str(tmp_path / "limits"), results)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    admitted = sum(results.get(timeout=30) for _ in processes)
+    for process in processes:
+        process.join(10)
+    assert admitted == 7
+
+
+def test_an_unreachable_redis_refuses_with_503_instead_of_dropping_limits():
+    counters = RedisCounters("redis://127.0.0.1:9/0")
+    with pytest.raises(ServiceUnavailable) as refused:
+        counters.take("rpm:k", 1, 60)
+    assert refused.value.status == 503 and "127.0.0.1" not in refused.value.message
+
+
+def _exchange(**limits) -> Exchange:
+    ex = Exchange("req", "chat_completion_v1_chat_completions_post", "POST", "/v1/chat/completions")
+    ex.caller = Caller("virtual", key_hash="h" * 64, alias="svc", limits={
+        "rpm_limit": None, "tpm_limit": None, "max_parallel_requests": None, "max_budget": None, "spend": 0.0,
+        "budget_reset_at": None, "budget_duration": None, **limits})
+    return ex
+
+
+def test_admission_messages_name_the_limit(tmp_path):
+    limits = Limits(LocalCounters(tmp_path / "l"))
+    with pytest.raises(BudgetExceeded) as budget:
+        limits.admit(_exchange(max_budget=1.0, spend=1.25, budget_duration="30d", budget_reset_at=time.time() + 99))
+    assert budget.value.status == 400
+    assert "spent $1.250000 of its max_budget $1.000000 for the period ending" in budget.value.message
+    limits.admit(_exchange(max_budget=1.0, spend=5.0, budget_duration="1h", budget_reset_at=time.time() - 1))
+
+    release = limits.admit(_exchange(max_parallel_requests=1, rpm_limit=1))
+    with pytest.raises(RateLimited) as parallel:
+        limits.admit(_exchange(max_parallel_requests=1))
+    assert parallel.value.headers["Retry-After"] == "1" and parallel.value.code == "parallel_limit_exceeded"
+    release()
+    release()  # idempotent: a stream's close() and an error path may both release
+    with pytest.raises(RateLimited) as rpm:  # the parallel slot taken before the rpm refusal is given back
+        limits.admit(_exchange(max_parallel_requests=1, rpm_limit=1))
+    assert rpm.value.code == "rpm_limit_exceeded" and 58 <= int(rpm.value.headers["Retry-After"]) <= 60
+    limits.admit(_exchange(max_parallel_requests=1))
+
+
+def test_master_and_own_routes_are_never_limited(tmp_path):
+    limits = Limits(LocalCounters(tmp_path / "l"), exempt=frozenset({"sidecar_key_info"}))
+    ex = _exchange(max_budget=0.0)
+    ex.operation_id = "sidecar_key_info"
+    limits.admit(ex)  # a key over budget may still read its own info
+    master = Exchange("r", "chat_completion_v1_chat_completions_post", "POST", "/v1/chat/completions")
+    master.caller = Caller("master")
+    limits.admit(master)
+
+
+def test_the_local_counters_file_sits_next_to_the_store(tmp_path):
+    assert local_counters_path(Settings(database_url=f"sqlite:///{tmp_path}/s.db")) == tmp_path / "s.db-limits"
+    on_pg = Settings(database_url="postgresql://db/x", db_path=tmp_path / "local.sqlite3")
+    assert local_counters_path(on_pg) == tmp_path / "local.sqlite3-limits"
+
+
+def test_one_admission_takes_the_slot_and_the_hit_together_or_neither(two_counters):
+    a, b = two_counters
+    admit = dict(parallel=5, rpm=1, window=60, lease_seconds=60)
+    refused, lease = a.admit("k", **admit)
+    assert refused is None and lease
+    assert b.admit("k", **admit) == ("rpm", pytest.approx(60, abs=2))
+    assert b.acquire("parallel:k", 2, 60) is not None  # the admitted request holds one slot, the refused none
+    assert a.acquire("parallel:k", 2, 60) is None
+    a.add("tpm:k", 50, 60)
+    assert b.admit("k", tpm=50, window=60, lease_seconds=60)[0] == "tpm"
+
+
+def test_a_counters_file_from_before_running_totals_keeps_its_windows(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old-limits"
+    old = sqlite3.connect(path)
+    old.execute(LocalCounters.SCHEMA[0])
+    old.executemany("INSERT INTO window_log (name, ts, weight) VALUES (?, ?, ?)",
+                    [("tpm:k", time.time(), 20), ("tpm:k", time.time(), 22)])
+    old.commit()
+    old.close()
+    counters = LocalCounters(path)
+    assert counters.total("tpm:k", 60)[0] == 42
+    counters.add("tpm:k", 8, 60)
+    assert counters.total("tpm:k", 60)[0] == 50

@@ -1,0 +1,88 @@
+"""``GET /metrics``: Prometheus text with requests, latencies, tokens, cost and open streams, low cardinality."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar.accounting import metrics
+
+from ..fakes import chat_body, chat_events
+
+CHAT = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "hi"}]}
+CHAT_OP = "chat_completion_v1_chat_completions_post"
+
+
+def samples(text: str) -> dict:
+    """(sample name, sorted labels) -> value."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(found: dict, name: str, **labels) -> float:
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_count_requests_tokens_cost_and_latency(client, fake):
+    fake.on("POST", "/v1/chat/completions", json_body=chat_body(prompt=12, completion=5))
+    for _ in range(3):
+        assert client.post("/v1/chat/completions", json=CHAT, headers={"x-end-user": "alice"}).status_code == 200
+    assert client.post("/v1/chat/completions", json={"model": 3}).status_code == 422
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.content_type.startswith("text/plain")
+    found = samples(response.get_data(as_text=True))
+    assert value(found, "sidecar_requests_total", operation=CHAT_OP, status="2xx") == 3
+    assert value(found, "sidecar_requests_total", operation=CHAT_OP, status="4xx") == 1
+    assert value(found, "sidecar_tokens_total", operation=CHAT_OP, model="mistral-small-latest", direction="prompt") == 36
+    assert value(found, "sidecar_tokens_total", operation=CHAT_OP, model="mistral-small-latest",
+                 direction="completion") == 15
+    assert value(found, "sidecar_cost_usd_total", operation=CHAT_OP, model="mistral-small-latest") == pytest.approx(
+        3 * (12 * 0.15 + 5 * 0.6) / 1e6)
+    assert value(found, "sidecar_request_duration_seconds_count", operation=CHAT_OP) == 4
+    assert value(found, "sidecar_upstream_duration_seconds_count", operation=CHAT_OP) == 3
+    assert "alice" not in response.get_data(as_text=True)
+
+
+def test_label_values_stay_few(client, fake):
+    """Unknown model names (clients choose them) collapse into "other"; keys and users are never labels."""
+    fake.on("POST", "/v1/chat/completions", json_body=chat_body())
+    for i in range(20):
+        client.post("/v1/chat/completions", json=dict(CHAT, model=f"made-up-{i}"), headers={"x-end-user": f"u{i}"})
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "made-up" not in text and "u7" not in text
+    labels = {name for (_, pairs) in samples(text) for name, _ in pairs}
+    assert labels <= {"operation", "status", "model", "direction", "le"}
+
+
+def test_open_streams_gauge_goes_up_and_down(client, fake):
+    import threading
+
+    gate = threading.Event()
+    fake.stream("POST", "/v1/chat/completions", chat_events(3), gate=gate)
+    response = client.post("/v1/chat/completions", json=dict(CHAT, stream=True), buffered=False)
+    chunks = response.iter_encoded()
+    next(chunks)
+    assert value(samples(client.get("/metrics").get_data(as_text=True)), "sidecar_open_streams") == 1
+    gate.set()
+    for _ in chunks:
+        pass
+    response.close()
+    assert value(samples(client.get("/metrics").get_data(as_text=True)), "sidecar_open_streams") == 0
+
+
+def test_the_multiprocess_directory_is_made_and_cleaned(tmp_path):
+    environ = {}
+    made = metrics.prepare_multiproc_dir(environ)
+    assert made is not None and made.is_dir() and environ[metrics.MULTIPROC_ENV] == str(made)
+    metrics.remove_multiproc_dir(made)
+    assert not made.exists()
+    own = tmp_path / "prom"
+    own.mkdir()
+    (own / "counter_123.db").write_bytes(b"stale")
+    assert metrics.prepare_multiproc_dir({metrics.MULTIPROC_ENV: str(own)}) is None
+    assert own.is_dir() and not os.listdir(own)  # emptied, not removed: it is the operator's

@@ -1,0 +1,116 @@
+"""Replay mode: answers come from contracts/, with no network, through the same pipeline as real traffic."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from ..conftest import ROOT
+
+CHAT = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "I am going to Paris, what should I see?"}]}
+OWN_CONTRACT = """
+operation: chat_completion_v1_chat_completions_post
+exchanges:
+- name: capital of France
+  match: {json: {messages: [{role: user, content: What is the capital of France?}]}}
+  request: {method: POST, path: /v1/chat/completions,
+            json: {model: mistral-small-latest, messages: [{role: user, content: What is the capital of France?}]}}
+  response:
+    status: 200
+    json: {id: cmpl-1, object: chat.completion, created: 1764064800, model: mistral-small-latest,
+           choices: [{index: 0, message: {role: assistant, content: Paris.}, finish_reason: stop}],
+           usage: {prompt_tokens: 9, completion_tokens: 2, total_tokens: 11}}
+"""
+
+
+@pytest.fixture
+def replay(make_app):
+    """An app answering from the shipped contracts; the fake upstream must never be called."""
+    def build(**changes):
+        return make_app(upstream_mode="replay", contracts_dir=ROOT / "contracts", mistral_api_key=None, **changes)
+    return build
+
+
+def test_plain_chat_is_answered_from_a_contract_and_priced(replay, fake):
+    response = replay().test_client().post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200
+    assert response.json["choices"][0]["message"]["content"].startswith("Paris has plenty to see.")
+    assert response.headers["x-sidecar-contract"] == "chat_completion_v1_chat_completions_post: plain answer"
+    assert float(response.headers["x-sidecar-cost"]) > 0  # accounting ran on the replayed usage
+    assert fake.seen == []
+
+
+def test_streams_replay_one_chunk_per_event_ending_in_done(replay, fake, caplog):
+    caplog.set_level(logging.INFO, logger="sidecar.access")
+    client = replay().test_client()
+    response = client.post("/mistral/v1/chat/completions", json=dict(CHAT, stream=True), buffered=False)
+    assert response.status_code == 200 and response.mimetype == "text/event-stream"
+    chunks = list(response.response)
+    response.close()
+    assert len(chunks) == 6 and all(c.endswith(b"\n\n") and c.count(b"\n\n") == 1 for c in chunks)
+    assert chunks[-1] == b"data: [DONE]\n\n"
+    assert json.loads(chunks[-2][6:])["usage"]["total_tokens"] == 22
+    line = json.loads([r.message for r in caplog.records if r.name == "sidecar.access"][-1])
+    assert line["completion_tokens"] == 7 and line["cost"] > 0  # the stream was metered as it passed
+    assert fake.seen == []
+
+
+def test_named_event_streams_replay_as_named_events(replay):
+    response = replay().test_client().post("/v1/conversations", json={"inputs": "Hi", "stream": True})
+    events = response.data.split(b"\n\n")
+    assert events[0].startswith(b"event: conversation.response.started\ndata: {")
+    assert b"event: conversation.response.done" in response.data
+
+
+def test_validation_and_auth_still_run_before_any_contract(replay):
+    client = replay(master_key="sk-master-0123456789").test_client()
+    assert client.post("/v1/chat/completions", json=CHAT).status_code == 401
+    headers = {"Authorization": "Bearer sk-master-0123456789"}
+    invalid = client.post("/v1/chat/completions", json=dict(CHAT, temperature="hot"), headers=headers)
+    assert invalid.status_code == 422 and invalid.json["detail"][0]["loc"] == ["body", "temperature"]
+    assert client.post("/v1/chat/completions", json=CHAT, headers=headers).status_code == 200
+
+
+def test_error_contracts_answer_their_trigger(replay):
+    client = replay().test_client()
+    limited = client.post("/v1/chat/completions", json={"model": "mistral-small-latest",
+                                                        "messages": [{"role": "user", "content": "simulate: 429"}]})
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "2"
+    assert limited.json["type"] == "rate_limited"
+
+
+def test_path_ids_and_binary_bodies(replay):
+    client = replay().test_client()
+    download = client.get("/v1/files/e85980c9-409e-4a46-9304-36588f6292b0/content")
+    assert download.status_code == 200 and download.mimetype == "application/octet-stream"
+    assert download.data.startswith(b'{"custom_id": "0"')
+    assert client.delete("/v1/agents/ag_1").status_code == 204
+    assert client.get("/v2/prompts/p1/versions/3").status_code == 200  # integer path parameter
+
+
+def test_a_request_no_contract_answers_gets_501_in_the_error_shape(make_app, tmp_path):
+    (tmp_path / "chat.yaml").write_text(OWN_CONTRACT)
+    client = make_app(upstream_mode="replay", contracts_dir=tmp_path).test_client()
+    stream = client.post("/v1/chat/completions", json=dict(CHAT, stream=True))
+    assert stream.status_code == 501
+    assert stream.json["code"] == "no_matching_contract" and stream.json["object"] == "error"
+    assert "No streaming contract answers POST /v1/chat/completions" in stream.json["message"]
+    other = client.post("/v1/embeddings", json={"model": "mistral-embed", "input": "x"})
+    assert other.status_code == 501 and "embeddings_v1_embeddings_post" in other.json["message"]
+
+
+def test_your_own_contract_gives_a_fixed_answer_for_a_given_prompt(make_app, tmp_path):
+    (tmp_path / "mine.yaml").write_text(OWN_CONTRACT)
+    (tmp_path / "shipped.yaml").write_text((ROOT / "contracts" / "chat_completion_v1_chat_completions_post.yaml").read_text())
+    client = make_app(upstream_mode="replay", contracts_dir=tmp_path).test_client()
+    asked = {"model": "mistral-large-latest", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+    assert client.post("/v1/chat/completions", json=asked).json["choices"][0]["message"]["content"] == "Paris."
+    assert client.post("/v1/chat/completions", json=CHAT).json["choices"][0]["message"]["content"] != "Paris."
+
+
+def test_settings_read_the_replay_mode_from_the_environment(tmp_path):
+    from sidecar.settings import Settings
+    settings = Settings.from_env({"MISTRAL_UPSTREAM": "replay", "SIDECAR_CONTRACTS": str(tmp_path)})
+    assert settings.upstream_mode == "replay" and settings.contracts_dir == tmp_path

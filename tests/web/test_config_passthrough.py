@@ -1,0 +1,131 @@
+"""Pass-through endpoints from config.yaml: the OCR write-up's route as written, auth, header policy, subpaths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sidecar import create_app
+from sidecar.settings import Settings
+
+from ..conftest import MISTRAL_KEY, ROOT
+from ..fakes import chat_events
+
+MASTER = "sk-sidecar-master-1234"
+OCR_BODY = {"model": "mistral-ocr-latest",
+            "document": {"image_url": "https://raw.githubusercontent.com/mistralai/cookbook/refs/heads/main/mistral/ocr/receipt.png"}}
+OCR_ANSWER = {"pages": [{"index": 0, "markdown": "# receipt", "images": [], "dimensions": {"dpi": 200, "height": 1,
+                                                                                           "width": 1}}],
+              "model": "mistral-ocr-2503-completion", "usage_info": {"pages_processed": 1, "doc_size_bytes": 3}}
+
+
+@pytest.fixture
+def configured(fake, settings, tmp_path):
+    """Build an app from a config.yaml text ({fake} is the fake upstream's URL)."""
+    def build(text: str):
+        path = tmp_path / "config.yaml"
+        path.write_text(text.replace("{fake}", fake.url))
+        env = {"MISTRAL_API_KEY": MISTRAL_KEY, "SIDECAR_CONFIG": str(path), "MISTRAL_API_BASE": fake.url,
+               "SIDECAR_MASTER_KEY": MASTER}
+        return create_app(Settings.from_env(env, spec_path=ROOT / "openapi.yaml",
+                                            database_url=settings.database_url)).test_client()
+    return build
+
+
+SEED_OCR = """general_settings:
+  pass_through_endpoints:
+    - path: "/mistral/v1/ocr"
+      target: "{fake}/v1/ocr"
+      headers:
+        Authorization: "bearer os.environ/MISTRAL_API_KEY"
+        content-type: application/json
+        accept: application/json
+      forward_headers: True
+"""
+
+
+def test_the_seed_ocr_route_wins_over_the_spec_and_is_relayed_as_written(configured, fake):
+    client = configured(SEED_OCR)
+    fake.on("POST", "/v1/ocr", json_body=OCR_ANSWER)
+    raw = json.dumps(OCR_BODY).encode()  # no document.type: relayed untouched, not validated
+    response = client.post("/mistral/v1/ocr", data=raw, headers={
+        "authorization": f"Bearer {MASTER}", "content-type": "application/json", "X-Trace": "t-1"})
+    assert response.status_code == 200 and response.json["pages"][0]["markdown"] == "# receipt"
+    seen = fake.last
+    assert seen.body == raw
+    assert seen.headers["Authorization"] == f"bearer {MISTRAL_KEY}"
+    assert seen.headers["X-Trace"] == "t-1"  # forward_headers: the client's other headers go along
+    assert MASTER not in json.dumps(seen.headers)
+
+
+def test_forward_headers_never_leaks_the_sidecar_key_even_in_other_headers(configured, fake):
+    client = configured(SEED_OCR)
+    fake.on("POST", "/v1/ocr", json_body=OCR_ANSWER)
+    client.post("/mistral/v1/ocr", json=OCR_BODY, headers={
+        "Authorization": f"Bearer {MASTER}", "x-api-key": MASTER, "X-Copy": f"key={MASTER}", "Cookie": "s=1"})
+    assert MASTER not in json.dumps(fake.last.headers)
+    assert "Cookie" not in fake.last.headers
+
+
+def test_pass_through_is_authenticated_by_default(configured, fake):
+    client = configured(SEED_OCR)
+    assert client.post("/mistral/v1/ocr", json=OCR_BODY).status_code == 401
+    assert client.post("/mistral/v1/ocr", json=OCR_BODY, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert fake.seen == []
+
+
+def test_auth_false_opens_a_route_and_headers_are_only_the_configured_ones(configured, fake):
+    client = configured("""general_settings:
+  pass_through_endpoints:
+    - path: /open/echo
+      target: "{fake}/echo"
+      auth: false
+      headers: {X-Target-Key: fixed}
+""")
+    fake.on("POST", "/echo", json_body={"ok": True})
+    response = client.post("/open/echo?x=1", json={"a": 1}, headers={"X-Client": "dropped"})
+    assert response.status_code == 200 and fake.last.query == "x=1"
+    assert fake.last.headers["X-Target-Key"] == "fixed" and "X-Client" not in fake.last.headers
+
+
+SUBPATH = """general_settings:
+  pass_through_endpoints:
+    - path: /tools
+      target: "{fake}/api/tools"
+      include_subpath: true
+      auth: false
+"""
+
+
+def test_include_subpath_maps_below_the_target(configured, fake):
+    client = configured(SUBPATH)
+    fake.on("GET", "/api/tools/a/b", json_body={"ok": 1})
+    assert client.get("/tools/a/b").json == {"ok": 1}
+    assert fake.last.path == "/api/tools/a/b"
+
+
+@pytest.mark.parametrize("path", ["/tools/../secret", "/tools/a/%2e%2e/%2e%2e/secret", "/tools/a%2F..%2F..%2Fsecret",
+                                  "/tools/%252e%252e/secret", "/tools/a/./b", "/tools/a//b", "/tools/a%5c..%5cb"])
+def test_a_subpath_cannot_climb_above_the_target(configured, fake, path):
+    client = configured(SUBPATH)
+    response = client.get(path)
+    assert response.status_code == 400 and response.json["code"] == "unsafe_path"
+    assert fake.seen == []
+
+
+def test_pass_through_streams_event_by_event(configured, fake):
+    client = configured(SUBPATH)
+    fake.stream("POST", "/api/tools/stream", chat_events(3))
+    response = client.post("/tools/stream", json={"stream": True})
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    assert response.get_data() == b"".join(chat_events(3))
+
+
+def test_the_shadowed_operation_is_still_accounted(configured, fake, caplog):
+    client = configured(SEED_OCR)
+    fake.on("POST", "/v1/ocr", json_body=OCR_ANSWER)
+    with caplog.at_level("INFO", logger="sidecar.access"):
+        client.post("/mistral/v1/ocr", json=OCR_BODY, headers={"Authorization": f"Bearer {MASTER}"})
+    line = json.loads([r.getMessage() for r in caplog.records if r.name == "sidecar.access"][-1])
+    assert line["operation"] == "ocr_v1_ocr_post" and line["model"] == "mistral-ocr-latest"

@@ -1,0 +1,112 @@
+"""The sidecar as deployed: gunicorn with gevent workers, real sockets, real disconnects."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+from werkzeug.wrappers import Response
+
+from ..conftest import MISTRAL_KEY
+from ..fakes import chat_events
+from ..servers import gunicorn_sidecar
+
+pytestmark = pytest.mark.slow
+CHAT = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+@pytest.fixture
+def served(fake, tmp_path):
+    env = {"MISTRAL_API_BASE": fake.url, "MISTRAL_API_KEY": MISTRAL_KEY,
+           "SIDECAR_DB_PATH": str(tmp_path / "sidecar.sqlite3")}
+    with gunicorn_sidecar(env, workers=1, log_path=tmp_path / "sidecar.log") as (url, _process):
+        yield url
+
+
+def test_a_thousand_event_stream_is_relayed_event_by_event(served, fake):
+    events = chat_events(1000)
+    fake.stream("POST", "/v1/chat/completions", events, delay=0.001)
+    started = time.perf_counter()
+    with requests.post(served + "/v1/chat/completions", json=CHAT, stream=True, timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        lines = response.iter_lines()
+        first = next(line for line in lines if line)
+        first_at = time.perf_counter() - started
+        rest = [line for line in lines if line]
+    total = time.perf_counter() - started
+    assert first.startswith(b"data: {")
+    assert len(rest) + 1 == len(events)
+    assert rest[-1] == b"data: [DONE]"
+    # the first event must not wait for the ~1 s the upstream takes to send the rest
+    assert first_at < total / 4
+
+
+def test_client_disconnect_closes_the_upstream_stream(served, fake):
+    closed = threading.Event()
+
+    def endless(request):
+        def body():
+            try:
+                for event in chat_events(100000)[:-1]:
+                    yield event
+                    time.sleep(0.01)
+            finally:
+                closed.set()
+        return Response(body(), 200, {"Content-Type": "text/event-stream"})
+
+    fake.on("POST", "/v1/chat/completions", endless)
+    host, port = served.removeprefix("http://").split(":")
+    payload = json.dumps(CHAT).encode()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(payload) + payload)
+        received = b""
+        sock.settimeout(10)
+        while b"data: " not in received:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed before the first event"
+            received += chunk
+    # the upstream notices within a second or so (its next write fails)
+    assert closed.wait(5), "upstream stream still open after the client left"
+    assert requests.get(served + "/health/liveliness", timeout=5).status_code == 200
+
+
+def test_many_concurrent_streams_on_one_worker(served, fake):
+    fake.stream("POST", "/v1/chat/completions", chat_events(20), delay=0.02)
+    results = []
+
+    def one():
+        with requests.post(served + "/v1/chat/completions", json=CHAT, stream=True, timeout=30) as r:
+            results.append(sum(1 for line in r.iter_lines() if line))
+
+    threads = [threading.Thread(target=one) for _ in range(50)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    assert results == [21] * 50
+    # 50 streams of ~0.4 s each on one gevent worker run concurrently, not one after another
+    assert elapsed < 10
+
+
+def test_the_gunicorn_master_imports_nothing_gevent_must_patch_first():
+    """gunicorn reads sidecar.gunicorn_conf in the master before forking; ssl, requests or urllib3
+    imported there would be patched too late in the gevent workers (MonkeyPatchWarning, then errors)."""
+    probe = ("import sys, sidecar.gunicorn_conf; "
+             "print(sorted(m for m in ('ssl', 'requests', 'urllib3', 'flask', 'sqlalchemy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_workers_start_without_monkey_patch_warnings(served, tmp_path):
+    assert requests.get(served + "/health/readiness", timeout=5).status_code == 200
+    assert "MonkeyPatchWarning" not in (tmp_path / "sidecar.log").read_text()
