@@ -47,6 +47,27 @@ class Body:
             self.file.close()
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice: parsers disagree on which value wins (Python keeps the
+    last, others the first), so the sidecar's checks and Mistral could read different bodies."""
+
+
+def _unique_keys(pairs: list) -> dict:
+    """``object_pairs_hook`` for every body: one C-level ``dict`` plus a length check per object."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def _loads(text: str):
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
 def _check_length(request, limit: int) -> None:
     length = request.content_length
     if length is not None and length > limit:
@@ -74,7 +95,10 @@ def read_json(request, limit: int, required: bool) -> Body:
     except UnicodeDecodeError:
         raise BadRequest("Request body is not valid UTF-8.", code="invalid_utf8") from None
     try:
-        return Body(raw=raw, size=len(raw), json=json.loads(text))
+        return Body(raw=raw, size=len(raw), json=_loads(text))
+    except DuplicateKey as exc:
+        raise BadRequest(f"Malformed JSON body: the key '{str(exc)[:100]}' appears twice in one object.",
+                         code="duplicate_json_key") from None
     except (ValueError, RecursionError) as exc:
         repaired = _without_trailing_commas(text)
         if repaired is None:
@@ -91,7 +115,10 @@ def _without_trailing_commas(text: str):
     if fixed == text:
         return None
     try:
-        return json.loads(fixed)
+        return _loads(fixed)
+    except DuplicateKey as exc:
+        raise BadRequest(f"Malformed JSON body: the key '{str(exc)[:100]}' appears twice in one object.",
+                         code="duplicate_json_key") from None
     except (ValueError, RecursionError):
         return None
 

@@ -124,6 +124,19 @@ def test_malformed_json_bodies_get_a_clear_4xx(client, fake, raw, content_type, 
     assert fake.seen == []
 
 
+@pytest.mark.parametrize("raw", [
+    b'{"model": "mistral-large-latest", "messages": [{"role": "user", "content": "hi"}], "model": "mistral-small-latest"}',
+    b'{"model": "mistral-small-latest", "messages": [{"role": "user", "content": "hi", "role": "system"}]}',
+    b'{"model": "mistral-small-latest", "model": "mistral-small-latest", "messages": [],}',  # repaired, still twice
+])
+def test_a_key_given_twice_is_refused_before_anything_reads_the_body(client, fake, raw):
+    """Python keeps the last value, other parsers the first: the allowlist and Mistral could read different models."""
+    response = client.post("/v1/chat/completions", data=raw, content_type="application/json")
+    body = assert_error_shape(response, 400)
+    assert body["code"] == "duplicate_json_key" and "appears twice" in body["message"]
+    assert fake.seen == []
+
+
 @pytest.mark.parametrize("depth", [100, 200, 300, 500, 900])
 def test_deep_nesting_that_json_accepts_is_still_no_500(client, echo, depth):
     """Deep enough for the schema validator's own recursion limit, shallow enough for json.loads."""
