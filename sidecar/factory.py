@@ -48,9 +48,13 @@ def _prices() -> PriceTable:
 
 
 def _price_table(settings: Settings) -> PriceTable:
-    """The packaged prices with the config's ``model_prices`` laid over them: the one place overrides apply."""
-    overrides = getattr(settings.config, "model_prices", None)
-    return _prices().with_overrides(overrides) if overrides else _prices()
+    """The packaged prices, config aliases billed as the model they route to, then the config's own
+    ``model_info`` prices laid over them: the one place overrides apply."""
+    config = settings.config
+    if config is None:
+        return _prices()
+    routes = {entry.alias: entry.model for entry in config.models}
+    return _prices().with_routes(routes).with_overrides(config.model_prices)
 
 
 def create_app(settings: Settings | None = None, *, adapter=None) -> Flask:

@@ -77,7 +77,8 @@ class Accountant:
         if ex.cost is None and model not in self._unpriced_warned:
             # Once per model and process: an unpriced model in heavy use must not flood the log.
             self._unpriced_warned.add(model)
-            log.warning("no price for model %r; its cost is recorded as null (add it under model_prices)", model)
+            log.warning("no price for model %r; its cost is recorded as null (give it one with model_info: "
+                        "{input_cost_per_token, output_cost_per_token} in its model_list entry of config.yaml)", model)
 
     def response_headers(self, ex: Exchange) -> list[tuple[str, str]]:
         """``x-sidecar-cost`` of this answer and, for a virtual key, ``x-sidecar-key-spend`` including it."""

@@ -134,6 +134,24 @@ class PriceTable:
                 aliases[alias] = name
         return PriceTable(models, aliases, self.batch_discount, self.source, self.as_of)
 
+    def with_routes(self, routes: Mapping[str, str]) -> PriceTable:
+        """A new table where each config alias (``model_name``) bills as the upstream model it routes to.
+
+        An alias whose upstream model is unpriced stays unpriced (its cost is null and warned about);
+        ``with_overrides`` applied after this gives an alias its own ``model_info`` price.
+        """
+        models, aliases = dict(self.models), dict(self.aliases)
+        for alias, upstream in routes.items():
+            upstream = _bare(upstream)
+            target = upstream if upstream in models else aliases.get(upstream)
+            if target is None or target == alias:
+                continue
+            if alias in models:  # a config alias named like a priced model bills as where it goes
+                models[alias] = models[target]
+            else:
+                aliases[alias] = target
+        return PriceTable(models, aliases, self.batch_discount, self.source, self.as_of)
+
     def names(self) -> frozenset[str]:
         """Every priced model name and alias (the model label values metrics allow)."""
         return frozenset(self._by_name)
@@ -162,9 +180,13 @@ class PriceTable:
 
 
 def _usage_cost(price: ModelPrice, usage: Usage) -> float:
+    """Reasoning tokens (Magistral's thinking) are part of ``completion_tokens`` and bill at the output
+    price, as Mistral bills them; cached prompt tokens bill at the cached price where one is published."""
     total = 0.0
     if price.input_per_mtok is not None:
-        total += usage.prompt_tokens * price.input_per_mtok / 1e6
+        cached = min(usage.cached_tokens, usage.prompt_tokens) if price.cached_input_per_mtok is not None else 0
+        total += (usage.prompt_tokens - cached) * price.input_per_mtok / 1e6
+        total += cached * (price.cached_input_per_mtok or 0.0) / 1e6
     if price.output_per_mtok is not None:
         total += usage.completion_tokens * price.output_per_mtok / 1e6
     if usage.pages and price.ocr_per_kpage is not None:

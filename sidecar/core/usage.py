@@ -59,6 +59,8 @@ class Usage:
     audio_seconds: float = 0.0
     characters: int = 0
     model: str | None = None
+    cached_tokens: int = 0  # of prompt_tokens, served from Mistral's prompt cache
+    estimated: bool = False  # counted by the sidecar (a cut stream), not reported by Mistral
 
 
 def kind_for(operation_id: str) -> str:
@@ -98,7 +100,9 @@ def _characters(request_json: object) -> int:
 def _tokens(body: dict, request_json: object = None, characters: int = 0) -> Usage:
     """A ``UsageInfo`` / ``ConversationUsageInfo`` under ``usage``; extra keys are ignored."""
     info = _dict(body.get("usage"))
+    cached = _count(_dict(info.get("prompt_tokens_details")).get("cached_tokens")) or _count(info.get("num_cached_tokens"))
     return Usage(
+        cached_tokens=cached,
         prompt_tokens=_count(info.get("prompt_tokens")),
         completion_tokens=_count(info.get("completion_tokens")),
         total_tokens=_count(info.get("total_tokens")),

@@ -236,3 +236,32 @@ def test_batch_pricing_applies_the_discount():
     usage = Usage(prompt_tokens=1_000_000, completion_tokens=1_000_000)
     assert table.cost("mistral-small-latest", usage, batch=True) == pytest.approx(
         table.cost("mistral-small-latest", usage) * (1 - table.batch_discount))
+
+
+def test_seed_004s_alias_bills_as_open_mistral_nemo(make_app, fake, tmp_path, caplog):
+    from sidecar.core.config import load
+
+    path = tmp_path / "config.yaml"
+    path.write_text("model_list:\n"
+                    "  - model_name: mistral-nemo\n"
+                    "    litellm_params:\n"
+                    "      model: mistral/open-mistral-nemo\n"
+                    "      api_key: os.environ/MISTRAL_API_KEY\n")
+    app = make_app(config=load(path, {"MISTRAL_API_KEY": "sk-test"}), config_path=path)
+    fake.on("POST", "/v1/chat/completions", json_body=chat_body(model="open-mistral-nemo", prompt=10, completion=5))
+    with caplog.at_level(logging.WARNING, logger="sidecar.accounting.accountant"):
+        response = app.test_client().post("/v1/chat/completions",
+                                          json={"model": "mistral-nemo", "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 200 and json.loads(fake.seen[-1].body)["model"] == "open-mistral-nemo"
+    assert float(response.headers["x-sidecar-cost"]) == pytest.approx(15 * 0.15 / M)
+    (row,) = spend_rows(app)
+    assert row["model"] == "mistral-nemo" and row["cost"] == pytest.approx(15 * 0.15 / M)
+    assert not [r for r in caplog.records if "no price" in r.getMessage()]
+
+
+def test_the_unpriced_warning_names_the_setting_users_have(client, fake, caplog):
+    fake.on("POST", "/v1/chat/completions", json_body=chat_body(model="ft:other", prompt=3, completion=2))
+    with caplog.at_level(logging.WARNING, logger="sidecar.accounting.accountant"):
+        client.post("/v1/chat/completions", json={"model": "ft:other", "messages": [{"role": "user", "content": "x"}]})
+    (warning,) = [r.getMessage() for r in caplog.records if "no price" in r.getMessage()]
+    assert "model_info" in warning and "config.yaml" in warning and "model_prices" not in warning
