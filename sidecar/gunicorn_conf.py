@@ -6,6 +6,7 @@ Used by the Procfile (``-c python:sidecar.gunicorn_conf``) and by ``mistral-side
 from __future__ import annotations
 
 import os
+import resource
 
 from sidecar.accounting import metrics
 from sidecar.settings import Settings, SettingsError, is_loopback
@@ -22,15 +23,42 @@ bind = [f"{_settings.host}:{_settings.port}"]
 # gevent: each open stream is a greenlet, not a thread or a process, so one worker holds
 # thousands of concurrent SSE relays; sync workers would hold one request each and be killed
 # by the 30 s worker timeout in the middle of a long stream.
-worker_class = "gevent"
+# The sidecar's worker is gunicorn's gevent worker plus deadlines on slow clients (sidecar/worker.py).
+worker_class = "sidecar.worker.SidecarWorker"
 workers = _settings.workers  # one per core: the sidecar is CPU-bound only in JSON and framing
-worker_connections = 4000  # concurrent requests (streams) per worker
+
+
+def _connection_cap(wanted: int) -> int:
+    """Connections one worker may hold (``SIDECAR_WORKER_CONNECTIONS``), within its file-descriptor limit.
+
+    Each connection is one descriptor, and each may open one upstream connection: the soft limit is
+    raised to the hard one, and if that is still short the cap is lowered, saying so once.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 2 * wanted + 256  # a client socket and an upstream socket each, plus the store and logs
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        capped = max(100, (soft - 256) // 2)
+        print(f"mistral-sidecar: open-file limit {soft} (ulimit -n) holds {capped} connections per worker, "
+              f"not SIDECAR_WORKER_CONNECTIONS={wanted}: raise the limit to {needed} to allow them", flush=True)
+        return capped
+    return wanted
+
+
+# Idle connections cost a greenlet and a socket each (about 10 KB, see README): a cap far above
+# any real load means a flood of slow clients cannot take every slot (each is closed after
+# SIDECAR_HEADER_TIMEOUT anyway).
+worker_connections = _connection_cap(_settings.worker_connections)
 
 # The heartbeat runs in its own greenlet, so this only catches a worker that is truly stuck.
 timeout = 60
 # SIGTERM: stop accepting, let in-flight requests and streams finish for this long.
 graceful_timeout = int(_settings.graceful_timeout)
-keepalive = 75  # longer than typical client pools keep idle connections, so reuse wins
+# Idle kept-alive connections: longer than typical client pools keep them, so reuse wins.
+keepalive = max(1, int(_settings.keepalive_timeout))  # the worker applies the exact value
 max_requests = _settings.max_requests  # 0: never recycle; set to bound slow leaks
 max_requests_jitter = max(1, _settings.max_requests // 10) if _settings.max_requests else 0
 

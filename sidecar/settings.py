@@ -40,6 +40,13 @@ def _env_float(env, name: str, default: float) -> float:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _env_positive(env, name: str, default: float) -> float:
+    value = _env_float(env, name, default)
+    if value <= 0:
+        raise SettingsError(f"{name} must be a positive number of seconds or connections, got {value:g}")
+    return value
+
+
 def _env_int(env, name: str, default: int) -> int:
     return int(_env_float(env, name, default))
 
@@ -93,6 +100,15 @@ class Settings:
     workers: int = 2
     graceful_timeout: float = 30.0
     max_requests: int = 0
+    # The edge (see sidecar/worker.py): how long a client may take to send its request, how long an idle
+    # keep-alive connection is kept, and how many connections one worker holds at once.
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    worker_connections: int = 10_000
+    # Deadlines on what upstream sends: a whole non-streamed answer, and the gap between stream events.
+    total_timeout: float = 600.0
+    stream_idle_timeout: float = 300.0
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback names and the bound address
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -128,6 +144,15 @@ class Settings:
             workers=_env_int(env, "WEB_CONCURRENCY", os.cpu_count() or cls.workers),
             graceful_timeout=_env_float(env, "SIDECAR_GRACEFUL_TIMEOUT", cls.graceful_timeout),
             max_requests=_env_int(env, "SIDECAR_MAX_REQUESTS", cls.max_requests),
+        )
+        values.update(
+            header_timeout=_env_positive(env, "SIDECAR_HEADER_TIMEOUT", cls.header_timeout),
+            keepalive_timeout=_env_positive(env, "SIDECAR_KEEPALIVE_TIMEOUT", cls.keepalive_timeout),
+            worker_connections=int(_env_positive(env, "SIDECAR_WORKER_CONNECTIONS", cls.worker_connections)),
+            total_timeout=_env_positive(env, "SIDECAR_TOTAL_TIMEOUT", cls.total_timeout),
+            stream_idle_timeout=_env_positive(env, "SIDECAR_STREAM_IDLE_TIMEOUT", cls.stream_idle_timeout),
+            allowed_hosts=tuple(h.strip().lower() for h in (env.get("SIDECAR_ALLOWED_HOSTS") or "").split(",")
+                                if h.strip()),
         )
         values.update(
             retries=max(0, _env_int(env, "SIDECAR_RETRIES", cls.retries)),

@@ -5,10 +5,13 @@
     ├── Unauthorized 401      missing, unknown, expired or blocked key
     ├── Forbidden 403         model outside the key's allowlist
     ├── NotFound 404 / MethodNotAllowed 405
+    ├── RequestTimeout 408    a request body that stopped arriving
+    ├── MisdirectedRequest 421  a Host the sidecar does not answer for
     ├── PayloadTooLarge 413 / UnsupportedMediaType 415
     ├── BudgetExceeded 400    the key's max_budget is spent
     ├── RateLimited 429       rpm / tpm / parallel limits (carries Retry-After)
     ├── UpstreamUnavailable 502 / UpstreamTimeout 504 / NoContract 501
+    ├── ServiceUnavailable 503  the store (or the limiter) cannot be reached
     InvalidRequest 422                          -> {"detail":[{"loc","msg","type"}]} (Mistral's HTTPValidationError)
 """
 
@@ -56,6 +59,14 @@ class NotFound(SidecarError):
 
 class MethodNotAllowed(SidecarError):
     status, type, code = 405, "invalid_request_error", "method_not_allowed"
+
+
+class RequestTimeout(SidecarError):
+    status, type, code = 408, "invalid_request_error", "request_timeout"
+
+
+class MisdirectedRequest(SidecarError):
+    status, type, code = 421, "invalid_request_error", "misdirected_request"
 
 
 class PayloadTooLarge(SidecarError):

@@ -11,10 +11,18 @@ import re
 import tempfile
 from dataclasses import dataclass
 
+from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import ClientDisconnected
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder
 
-from sidecar.core.errors import BadRequest, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from sidecar.core.errors import (
+    BadRequest,
+    InvalidRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 from sidecar.core.validation import SMALL_FIELD
 
 CHUNK = 64 * 1024
@@ -68,6 +76,28 @@ def _loads(text: str):
     return json.loads(text, object_pairs_hook=_unique_keys)
 
 
+def read_some(request, size: int) -> bytes:
+    """Up to ``size`` bytes of the client's body; the server's framing errors become the client's 4xx.
+
+    gunicorn raises its parse errors (a bad chunk size, a missing chunk terminator, bad trailers) and
+    ``NoMoreData`` (the client left mid-body) from ``wsgi.input``, werkzeug ``ClientDisconnected`` (a
+    body shorter than its Content-Length), the worker ``TimeoutError`` (a body that stopped arriving:
+    ``sidecar/worker.py``). None of them is the sidecar's fault, and none may become a 500.
+    """
+    try:
+        return request.stream.read(size)
+    except TimeoutError:
+        raise RequestTimeout("The request body stopped arriving before it was complete.") from None
+    except (ParseException, ClientDisconnected, OSError) as exc:
+        raise BadRequest(f"Malformed request body framing: {_framing_reason(exc)}.", code="invalid_body_framing") from None
+
+
+def _framing_reason(exc: Exception) -> str:
+    if isinstance(exc, (ClientDisconnected, OSError)):
+        return "the body ended before it was complete"
+    return type(exc).__name__  # InvalidChunkSize, ChunkMissingTerminator...: never the client's bytes
+
+
 def _check_length(request, limit: int) -> None:
     length = request.content_length
     if length is not None and length > limit:
@@ -81,7 +111,7 @@ def read_json(request, limit: int, required: bool) -> Body:
     length = request.content_length
     # With a length, read just that: read(limit + 1) on werkzeug's LimitedStream allocates (and
     # zeroes) a buffer of the whole limit, 32 MiB by default, on every request.
-    raw = request.stream.read(length if length is not None else limit + 1)
+    raw = read_some(request, length if length is not None else limit + 1)
     if len(raw) > limit:
         raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
     if not raw.strip():
@@ -141,7 +171,7 @@ def read_multipart(request, limit: int) -> Body:
     scan = _PartScan()
     size = 0
     try:
-        while chunk := request.stream.read(CHUNK):
+        while chunk := read_some(request, CHUNK):
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(f"Upload exceeds the limit of {limit} bytes.")

@@ -85,7 +85,7 @@ class PassThrough:
         settings = self.pipeline.settings
         if request.mimetype and "json" in request.mimetype:
             limit = settings.max_body_bytes
-            raw = request.stream.read(limit + 1)
+            raw = bodies.read_some(request, limit + 1)
             if len(raw) > limit:
                 raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
             try:
@@ -96,7 +96,7 @@ class PassThrough:
         limit = settings.max_upload_bytes
         spool = tempfile.SpooledTemporaryFile(max_size=bodies.SPOOL_IN_MEMORY)
         size = 0
-        while chunk := request.stream.read(CHUNK):
+        while chunk := bodies.read_some(request, CHUNK):
             size += len(chunk)
             if size > limit:
                 spool.close()

@@ -20,6 +20,11 @@ PREFIXES = ("", "/mistral")
 
 
 def _view(pipeline, by_method: dict[str, Endpoint]):
+    """The view of one path. HEAD (which werkzeug adds to every GET rule) is served as the GET, and the
+    server sends no body: gunicorn drops it, and werkzeug closes the relayed one unread."""
+    if "GET" in by_method:
+        by_method = {**by_method, "HEAD": by_method["GET"]}
+
     def view(**path_params) -> Response:
         return pipeline.handle(by_method[request.method], path_params, request._get_current_object())
     return view

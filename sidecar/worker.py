@@ -1,0 +1,95 @@
+"""gunicorn's gevent worker with deadlines on what a client sends, so slow clients cannot hold connections.
+
+gunicorn bounds only the whole wait for the next request (``keepalive``), and not at all a client that
+sends its headers or body a byte at a time. Here every connection's socket is wrapped so that each read
+knows its deadline: the request headers must be complete within ``SIDECAR_HEADER_TIMEOUT`` of the first
+byte (of the connection, or of the next request on a kept-alive one); an idle kept-alive connection is
+closed after ``SIDECAR_KEEPALIVE_TIMEOUT``; a body that pauses longer than ``SIDECAR_HEADER_TIMEOUT``
+raises ``TimeoutError`` in the body reader (a 408, see ``web/body.py``). Writes are never bounded here.
+"""
+
+from __future__ import annotations
+
+import time
+
+import gevent
+from gunicorn.workers.ggevent import GeventWorker
+
+from sidecar.settings import Settings
+
+HEADERS, BODY, IDLE = "headers", "body", "idle"
+
+
+class DeadlineSocket:
+    """A connected socket whose ``recv`` applies the deadline of the current phase of the connection.
+
+    Headers: one deadline for all of them (a timeout reads as the end of the connection, which gunicorn
+    closes quietly). Body: the longest pause between reads (a timeout raises). Idle (between requests):
+    the keep-alive timeout until the next request's first byte, which starts a new headers deadline.
+    """
+
+    __slots__ = ("_sock", "header_timeout", "keepalive_timeout", "phase", "_deadline")
+
+    def __init__(self, sock, header_timeout: float, keepalive_timeout: float):
+        self._sock = sock
+        self.header_timeout, self.keepalive_timeout = header_timeout, keepalive_timeout
+        self.phase = HEADERS
+        self._deadline = time.monotonic() + header_timeout
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def recv(self, size: int, *flags) -> bytes:
+        sock = self._sock
+        if self.phase == BODY:
+            sock.settimeout(self.header_timeout)
+            try:
+                return sock.recv(size, *flags)
+            finally:
+                sock.settimeout(None)
+        if self.phase == IDLE:
+            wait = self.keepalive_timeout
+        else:
+            wait = self._deadline - time.monotonic()
+            if wait <= 0:
+                return b""
+        sock.settimeout(wait)
+        try:
+            data = sock.recv(size, *flags)
+        except TimeoutError:
+            return b""  # gunicorn closes a connection that ends before its request does, without a log line
+        finally:
+            sock.settimeout(None)
+        if self.phase == IDLE and data:
+            self.phase, self._deadline = HEADERS, time.monotonic() + self.header_timeout
+        return data
+
+    def serving(self) -> None:
+        """The headers are in: the application now reads the body, pausing at most ``header_timeout``."""
+        self.phase = BODY
+
+    def served(self) -> None:
+        self.phase = IDLE
+
+
+class SidecarWorker(GeventWorker):
+    """The production worker (``gunicorn_conf.worker_class``)."""
+
+    def init_process(self) -> None:
+        settings = Settings.from_env()
+        self.header_timeout, self.keepalive_timeout = settings.header_timeout, settings.keepalive_timeout
+        super().init_process()
+
+    def timeout_ctx(self):
+        # The sockets bound each phase themselves; this outer bound only backs them up.
+        return gevent.Timeout(self.keepalive_timeout + self.header_timeout + 1, False)
+
+    def handle(self, listener, client, addr) -> None:
+        super().handle(listener, DeadlineSocket(client, self.header_timeout, self.keepalive_timeout), addr)
+
+    def handle_request(self, listener_name, req, sock, addr):
+        sock.serving()
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        finally:
+            sock.served()
