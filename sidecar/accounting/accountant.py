@@ -91,6 +91,18 @@ class Accountant:
             headers.append(("x-sidecar-key-spend", _usd(self.spend.key_spend(caller.key_hash) + ex.cost)))
         return headers
 
+    def cost_comment(self, ex: Exchange, meter) -> bytes | None:
+        """The SSE comment ``: x-sidecar-cost=<USD>`` that ends a priced stream (headers left long ago).
+
+        Priced from what the stream has shown, which is all of it: the relay asks just before
+        ``[DONE]``, after the usage-bearing event; ``finish`` then keeps this price.
+        """
+        if ex.usage is None:
+            self._price(ex, meter.usage)
+        if ex.cost is None:
+            return None
+        return b": x-sidecar-cost=" + _usd(ex.cost).encode() + b"\n\n"
+
     def _settle_cost(self, ex: Exchange) -> None:
         """Cost 0, not null, where nothing billable happened: free operations, refusals, upstream errors.
 

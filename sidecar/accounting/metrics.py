@@ -79,6 +79,22 @@ class Metrics:
         self.cost = Counter("sidecar_cost_usd", "Cost in USD of the answered requests.", ["operation", "model"], **on)
         self.unpriced = Counter("sidecar_unpriced_requests", "Requests whose model has no price (cost null).",
                                 ["model"], **on)
+        self.ocr_pages = Counter("sidecar_ocr_pages", "OCR pages processed, by operation and priced model.",
+                                 ["operation", "model"], **on)
+        self.audio_seconds = Counter("sidecar_audio_seconds", "Audio seconds transcribed, by operation and priced model.",
+                                     ["operation", "model"], **on)
+        self.tts_characters = Counter("sidecar_tts_characters", "Characters spoken (TTS), by operation and priced model.",
+                                      ["operation", "model"], **on)
+        self.estimated = Counter("sidecar_estimated_cost_records",
+                                 "Requests whose cost was estimated (a cut stream), not read from usage.",
+                                 ["operation", "model"], **on)
+        # Deployments are the operator's named upstreams (config.yaml): few, chosen, safe as labels.
+        self.deployment_attempts = Counter("sidecar_deployment_attempts",
+                                           "Upstream attempts per deployment, by outcome (ok, retry, error).",
+                                           ["deployment", "outcome"], **on)
+        self.deployment_cooldowns = Counter("sidecar_deployment_cooldowns",
+                                            "Times a deployment was put in cooldown after failures.",
+                                            ["deployment"], **on)
         self.open_streams = Gauge("sidecar_open_streams", "Streamed responses being relayed now.",
                                   multiprocess_mode="livesum", **on)
         self._children: dict[tuple, tuple] = {}
@@ -111,10 +127,29 @@ class Metrics:
                 prompt_c.inc(usage.prompt_tokens)
             if usage.completion_tokens:
                 completion_c.inc(usage.completion_tokens)
+            if usage.pages or usage.audio_seconds or usage.characters:  # rare units: labels resolved when used
+                self._units(ex.operation_id, model, usage)
+        if ex.estimated:
+            self.estimated.labels(ex.operation_id, model).inc()
         if ex.cost:
             cost_c.inc(ex.cost)
         elif ex.cost is None and usage is not None and ex.status < 400:
             self.unpriced.labels(model).inc()
+
+    def _units(self, operation: str, model: str, usage) -> None:
+        if usage.pages:
+            self.ocr_pages.labels(operation, model).inc(usage.pages)
+        if usage.audio_seconds:
+            self.audio_seconds.labels(operation, model).inc(usage.audio_seconds)
+        if usage.characters:
+            self.tts_characters.labels(operation, model).inc(usage.characters)
+
+    def deployment_attempt(self, deployment: str, outcome: str) -> None:
+        """One upstream attempt on a named deployment; ``outcome`` is ``ok``, ``retry`` or ``error``."""
+        self.deployment_attempts.labels(deployment, outcome).inc()
+
+    def deployment_cooldown(self, deployment: str) -> None:
+        self.deployment_cooldowns.labels(deployment).inc()
 
     def stream_opened(self) -> None:
         self.open_streams.inc()

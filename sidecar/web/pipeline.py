@@ -222,14 +222,16 @@ class Pipeline:
             body.close()
             release()
             ex.error = relay.error or ex.error
+            ex.first_chunk_at = relay.first_chunk_at
             self.accountant.finish(ex, meter)
 
         headers = self._relay_headers(ex, upstream, NO_STREAM_HEADERS if is_sse else frozenset())
         length = upstream.headers.get("Content-Length")
         if not is_sse and length and not upstream.headers.get("Content-Encoding"):
             headers.append(("Content-Length", length))
+        closing = (lambda: self.accountant.cost_comment(ex, meter)) if meter is not None and ex.status < 400 else None
         relay = RelayBody(upstream, chunks=chunks, on_chunk=meter.feed if meter else None, on_close=finish,
-                          is_sse=is_sse)
+                          is_sse=is_sse, closing=closing)
         return Response(relay, upstream.status_code, headers, direct_passthrough=True)
 
     def _respond_json(self, ex: Exchange, upstream, body: bodies.Body, release) -> Response:

@@ -2,40 +2,66 @@
 
 A streamed WSGI body is an iterable with ``close()`` (PEP 3333): the server calls it when the
 client finishes or disconnects, so that is where the upstream connection is released and the
-exchange is finished (accounted) exactly once.
+exchange is finished (accounted) exactly once. An event stream may end with one SSE comment line,
+``: x-sidecar-cost=<USD>``, put just before ``data: [DONE]`` (or at the end when there is none):
+every SSE parser skips comments, so SDKs read the stream as before.
 """
 
 from __future__ import annotations
+
+import time
 
 import requests
 
 from sidecar.core import sse
 from sidecar.upstream.client import RELAY_ERRORS, upstream_chunks
 
+DONE_LINE = b"data: [DONE]"
+
 
 class RelayBody:
     """The WSGI iterable for a relayed body; ``on_chunk`` sees each chunk, ``on_close`` runs once.
-    ``chunks`` continues a body the pipeline already started reading (default: read it from the start)."""
+    ``chunks`` continues a body the pipeline already started reading (default: read it from the start).
+    ``closing`` is asked once, when the stream's last event is due, for bytes to send before it (the
+    cost comment); ``first_chunk_at`` is when the first chunk was relayed (time to first chunk)."""
 
-    __slots__ = ("response", "chunks", "on_chunk", "on_close", "is_sse", "error", "_closed")
+    __slots__ = ("response", "chunks", "on_chunk", "on_close", "is_sse", "closing", "error", "first_chunk_at",
+                 "_closed")
 
     def __init__(self, response: requests.Response, *, chunks=None, on_chunk=None, on_close=None,
-                 is_sse: bool = False):
+                 is_sse: bool = False, closing=None):
         self.response = response
         self.chunks = chunks
         self.on_chunk = on_chunk
         self.on_close = on_close
         self.is_sse = is_sse
+        self.closing = closing
         self.error: str | None = None
+        self.first_chunk_at: float | None = None
         self._closed = False
 
     def __iter__(self):
-        on_chunk = self.on_chunk
+        on_chunk, closing = self.on_chunk, self.closing
         try:
             for chunk in self.chunks if self.chunks is not None else upstream_chunks(self.response):
+                if self.first_chunk_at is None:
+                    self.first_chunk_at = time.perf_counter()
                 if on_chunk is not None:
                     on_chunk(chunk)
+                if closing is not None:
+                    at = chunk.find(DONE_LINE)
+                    if at == 0 or at > 0 and chunk[at - 1] in b"\r\n":  # a line of its own, usage already fed
+                        extra, closing = closing(), None
+                        if extra:
+                            if at:
+                                yield chunk[:at]
+                            yield extra
+                            chunk = chunk[at:]
                 yield chunk
+            if closing is not None:
+                extra = closing()
+                if extra:
+                    yield extra
         except RELAY_ERRORS as exc:
             self.error = f"upstream stream interrupted: {type(exc).__name__}"
             if self.is_sse:

@@ -86,3 +86,38 @@ def test_the_multiprocess_directory_is_made_and_cleaned(tmp_path):
     (own / "counter_123.db").write_bytes(b"stale")
     assert metrics.prepare_multiproc_dir({metrics.MULTIPROC_ENV: str(own)}) is None
     assert own.is_dir() and not os.listdir(own)  # emptied, not removed: it is the operator's
+
+
+def test_ocr_pages_audio_seconds_and_tts_characters_are_counted(client, fake):
+    from .test_costs import OCR_ANSWER, OCR_REQUEST, TRANSCRIPT
+
+    fake.on("POST", "/v1/ocr", json_body=OCR_ANSWER)
+    fake.on("POST", "/v1/audio/transcriptions", json_body=TRANSCRIPT)
+    fake.on("POST", "/v1/audio/speech", json_body={"audio_data": "AAAA"})
+    for _ in range(2):
+        assert client.post("/v1/ocr", json=OCR_REQUEST).status_code == 200
+    assert client.post("/v1/audio/transcriptions", content_type="multipart/form-data",
+                       data={"model": "voxtral-mini-latest", "file_url": "https://x/a.mp3"}).status_code == 200
+    assert client.post("/v1/audio/speech", json={"model": "voxtral-mini-tts-latest", "input": "Bonjour"}).status_code == 200
+    found = samples(client.get("/metrics").get_data(as_text=True))
+    assert value(found, "sidecar_ocr_pages_total", operation="ocr_v1_ocr_post", model="mistral-ocr-latest") == 6
+    transcribe = "audio_api_v1_transcriptions_post"
+    assert value(found, "sidecar_audio_seconds_total", operation=transcribe, model="voxtral-mini-latest") == 90
+    assert value(found, "sidecar_tts_characters_total", operation="speech_v1_audio_speech_post", model="voxtral-mini-tts-latest") == 7
+
+
+def test_estimated_costs_and_deployments_are_counted(app):
+    from sidecar.core.exchange import Exchange
+
+    m = app.extensions["sidecar"].accountant.metrics
+    ex = Exchange("r1", "chat_completion_v1_chat_completions_post", "POST", "/v1/chat/completions",
+                  model="mistral-small-latest", status=200, estimated=True, cost=0.001)
+    m.observe(ex, 0.1)
+    m.deployment_attempt("eu-west", "ok")
+    m.deployment_attempt("eu-west", "retry")
+    m.deployment_cooldown("eu-west")
+    found = samples(m.scrape().decode())
+    assert value(found, "sidecar_estimated_cost_records_total", operation=ex.operation_id,
+                 model="mistral-small-latest") == 1
+    assert value(found, "sidecar_deployment_attempts_total", deployment="eu-west", outcome="retry") == 1
+    assert value(found, "sidecar_deployment_cooldowns_total", deployment="eu-west") == 1

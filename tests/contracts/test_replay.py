@@ -49,9 +49,10 @@ def test_streams_replay_one_chunk_per_event_ending_in_done(replay, fake, caplog)
     assert response.status_code == 200 and response.mimetype == "text/event-stream"
     chunks = list(response.response)
     response.close()
-    assert len(chunks) == 6 and all(c.endswith(b"\n\n") and c.count(b"\n\n") == 1 for c in chunks)
+    assert len(chunks) == 7 and all(c.endswith(b"\n\n") and c.count(b"\n\n") == 1 for c in chunks)
     assert chunks[-1] == b"data: [DONE]\n\n"
-    assert json.loads(chunks[-2][6:])["usage"]["total_tokens"] == 22
+    assert chunks[-2].startswith(b": x-sidecar-cost=")  # the stream's cost, as an SSE comment
+    assert json.loads(chunks[-3][6:])["usage"]["total_tokens"] == 22
     line = json.loads([r.message for r in caplog.records if r.name == "sidecar.access"][-1])
     assert line["completion_tokens"] == 7 and line["cost"] > 0  # the stream was metered as it passed
     assert fake.seen == []

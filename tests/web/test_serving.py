@@ -41,8 +41,8 @@ def test_a_thousand_event_stream_is_relayed_event_by_event(served, fake):
         rest = [line for line in lines if line]
     total = time.perf_counter() - started
     assert first.startswith(b"data: {")
-    assert len(rest) + 1 == len(events)
-    assert rest[-1] == b"data: [DONE]"
+    assert len(rest) + 1 == len(events) + 1  # and the cost comment
+    assert rest[-2].startswith(b": x-sidecar-cost=") and rest[-1] == b"data: [DONE]"
     # the first event must not wait for the ~1 s the upstream takes to send the rest
     assert first_at < total / 4
 
@@ -92,7 +92,7 @@ def test_many_concurrent_streams_on_one_worker(served, fake):
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - started
-    assert results == [21] * 50
+    assert results == [22] * 50  # 20 events, the cost comment, [DONE]
     # 50 streams of ~0.4 s each on one gevent worker run concurrently, not one after another
     assert elapsed < 10
 

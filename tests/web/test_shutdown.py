@@ -81,7 +81,7 @@ def test_sigterm_lets_in_flight_streams_finish_and_refuses_new_connections(fake,
         assert process.wait(20) == 0
     for reader in readers:
         assert reader.error is None
-        assert len(reader.events) == 31 and reader.events[-1] == b"data: [DONE]"
+        assert len(reader.events) == 32 and reader.events[-1] == b"data: [DONE]"  # 30, cost, DONE
 
 
 def test_the_grace_period_bounds_how_long_shutdown_waits(fake, tmp_path):
@@ -117,4 +117,4 @@ def test_worker_recycling_lets_in_flight_streams_finish(fake, tmp_path):
             time.sleep(0.1)
         assert _children(process.pid) and first_worker not in _children(process.pid), "the worker was not recycled"
     assert reader.error is None
-    assert len(reader.events) == 21 and reader.events[-1] == b"data: [DONE]"
+    assert len(reader.events) == 22 and reader.events[-1] == b"data: [DONE]"  # 20, cost, DONE
