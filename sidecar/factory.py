@@ -16,6 +16,7 @@ from sidecar.access.limits import Limits, counters_for
 from sidecar.accounting import metrics
 from sidecar.accounting.accountant import Accountant
 from sidecar.accounting.spend import SpendLog
+from sidecar.clock import SYSTEM, Clock
 from sidecar.core.pricing import PriceTable
 from sidecar.core.spec import Spec
 from sidecar.core.validation import compile_validators
@@ -57,28 +58,31 @@ def _price_table(settings: Settings) -> PriceTable:
     return _prices().with_routes(routes).with_overrides(config.model_prices)
 
 
-def create_app(settings: Settings | None = None, *, adapter=None) -> Flask:
-    """Build the WSGI app; ``adapter`` replaces the upstream transport (tests, replay, record)."""
+def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock | None = None) -> Flask:
+    """Build the WSGI app; ``adapter`` replaces the upstream transport (tests, replay, record), ``clock``
+    the system clock (tests move time with a ``FakeClock``): every part of the app reads time from it."""
     settings = settings or Settings.from_env()
+    clock = clock or SYSTEM
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec, validators = _compiled(Path(settings.spec_path), Path(settings.spec_path).stat().st_mtime)
     handlers = {**health.HANDLERS, **admin.HANDLERS, **metrics.HANDLERS, **reports.HANDLERS}
     engine = open_engine(settings)
-    keys = KeyStore(engine)
-    spend_log = SpendLog(engine)
+    keys = KeyStore(engine, clock=clock)
+    spend_log = SpendLog(engine, clock=clock)
     prices = _price_table(settings)
-    limits = Limits(counters_for(settings), exempt=frozenset(op.id for op in spec.operations if op.handler),
-                    spend=spend_log.key_spend)
+    limits = Limits(counters_for(settings, clock), clock=clock,
+                    exempt=frozenset(op.id for op in spec.operations if op.handler), spend=spend_log.key_spend)
     pipeline = Pipeline(
         settings=settings,
         spec=spec,
         validators=validators,
-        upstream=Upstream(settings, adapter=adapter or transports.adapter_for(settings, spec)),
+        upstream=Upstream(settings, adapter=adapter or transports.adapter_for(settings, spec), clock=clock),
         authenticator=Authenticator(settings.master_key, keys=keys),
         accountant=Accountant(prices=prices, limits=limits, sinks=[limits.record, spend_log.record],
                               metrics=metrics.Metrics(settings.metrics_dir, known_models=prices.names()),
-                              spend=spend_log, log_bodies=settings.log_bodies),
+                              spend=spend_log, log_bodies=settings.log_bodies, clock=clock),
         handlers=handlers,
+        clock=clock,
     )
     _SHUTDOWN.append(pipeline.upstream.close)
     _SHUTDOWN.append(spend_log.close)  # before the engine goes: it writes the last spend records

@@ -60,7 +60,7 @@ def _env_bool(env, name: str, default: bool) -> bool:
 
 def _from_config(values: dict, env) -> dict:
     """Load config.yaml; its master key and database URL apply where the environment sets none."""
-    from .config import load  # settings stays importable without yaml parsing at import time
+    from sidecar.core.config import load  # settings stays importable without yaml parsing at import time
 
     config = load(values["config_path"], env)
     return {"config": config, "master_key": values["master_key"] or config.master_key,

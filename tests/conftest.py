@@ -11,6 +11,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from sidecar import create_app
+from sidecar.clock import FakeClock
 from sidecar.settings import Settings
 from sidecar.web.pipeline import Pipeline
 
@@ -41,9 +42,19 @@ def settings(fake, tmp_path) -> Settings:
 
 
 @pytest.fixture
-def make_app(settings):
+def clock() -> FakeClock:
+    """Time that moves only when the test says so: ``clock.advance(seconds)``."""
+    return FakeClock()
+
+
+@pytest.fixture
+def make_app(settings, request):
+    """Apps built from ``settings`` with ``changes``; a test that asks for ``clock`` gets apps on that
+    clock (every expiry, window, cache and retry wait follows it), others run on the system clock."""
+    clock = request.getfixturevalue("clock") if "clock" in request.fixturenames else None
+
     def build(**changes):
-        return create_app(settings.with_(**changes))
+        return create_app(settings.with_(**changes), clock=clock)
     return build
 
 

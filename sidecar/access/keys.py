@@ -14,12 +14,12 @@ import math
 import re
 import secrets
 import threading
-import time
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
 from sidecar.access.auth import Caller
+from sidecar.clock import SYSTEM, Clock
 from sidecar.core.errors import BadRequest, NotFound, Unauthorized
 from sidecar.store.tables import keys as keys_table
 
@@ -69,7 +69,7 @@ def current_spend(row, now: float) -> float:
 class KeyStore:
     """The one implementation of virtual keys, used by the admin routes, the CLI and authentication."""
 
-    def __init__(self, engine: sa.Engine, *, clock=time.time, cache_ttl: float = CACHE_TTL):
+    def __init__(self, engine: sa.Engine, *, clock: Clock = SYSTEM, cache_ttl: float = CACHE_TTL):
         self.engine = engine
         self.clock = clock
         self.cache_ttl = cache_ttl
@@ -83,7 +83,7 @@ class KeyStore:
         row = self._cached_row(key_hash)
         if row is None:
             return None
-        now = self.clock()
+        now = self.clock.wall()
         if row["deleted_at"] is not None:
             raise Unauthorized("This key has been deleted.", code="key_deleted")
         if row["blocked"]:
@@ -93,7 +93,7 @@ class KeyStore:
         return row["caller"]
 
     def _cached_row(self, key_hash: str) -> dict | None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         hit = self._cache.get(key_hash)
         if hit is not None and now - hit[0] < self.cache_ttl:
             return hit[1]
@@ -112,7 +112,7 @@ class KeyStore:
 
     def add_spend(self, caller: Caller, cost: float) -> None:
         """Add ``cost`` USD to the key's spend atomically, starting a new period if the last one ended."""
-        now = self.clock()
+        now = self.clock.wall()
         duration = caller.limits.get("budget_duration")
         next_reset = now + parse_duration(duration, "budget_duration") if duration else None
         ended = sa.and_(keys_table.c.budget_reset_at.is_not(None), keys_table.c.budget_reset_at <= now)
@@ -128,7 +128,7 @@ class KeyStore:
     # -- administration -------------------------------------------------------------------------------
     def generate(self, fields: dict) -> dict:
         """Create a key; the answer is the only place the key itself ever appears."""
-        now = self.clock()
+        now = self.clock.wall()
         key = new_key()
         values = {"token": hash_key(key), "key_name": preview(key), "models": [], "metadata": {}, "spend": 0.0,
                   "blocked": False, "created_at": now, "updated_at": now, **self._values(fields, now)}
@@ -140,7 +140,7 @@ class KeyStore:
 
     def update(self, ref: str, fields: dict) -> dict:
         token = self._live_token(ref)
-        now = self.clock()
+        now = self.clock.wall()
         values = self._values(fields, now)
         if "spend" in fields:
             values["spend"] = float(fields["spend"] or 0.0)
@@ -151,7 +151,7 @@ class KeyStore:
     def regenerate(self, ref: str, fields: dict) -> dict:
         """A new secret for the same key (limits, spend, alias kept); the old secret stops working."""
         token = self._live_token(ref)
-        now = self.clock()
+        now = self.clock.wall()
         key = new_key()
         values = {"token": hash_key(key), "key_name": preview(key), "updated_at": now, **self._values(fields, now)}
         self._write(keys_table.update().where(keys_table.c.token == token).values(**values))
@@ -167,7 +167,7 @@ class KeyStore:
             found = list(connection.execute(sa.select(keys_table.c.token).where(live, match)).scalars())
             if found:
                 connection.execute(keys_table.update().where(keys_table.c.token.in_(found))
-                                   .values(deleted_at=self.clock()))
+                                   .values(deleted_at=self.clock.wall()))
         for token in found:
             self.forget(token)
         return found
@@ -184,7 +184,7 @@ class KeyStore:
             total = connection.execute(sa.select(sa.func.count()).select_from(keys_table).where(*where)).scalar_one()
             rows = connection.execute(sa.select(keys_table).where(*where).order_by(keys_table.c.created_at)
                                       .limit(size).offset((page - 1) * size)).mappings().all()
-        now = self.clock()
+        now = self.clock.wall()
         return {"keys": [_info(row, now) if full else row["token"] for row in rows], "total_count": total,
                 "current_page": page, "total_pages": math.ceil(total / size)}
 
@@ -208,7 +208,7 @@ class KeyStore:
             row = connection.execute(sa.select(keys_table).where(keys_table.c.token == token)).mappings().first()
         if row is None:
             raise NotFound("No such key.", param="key")
-        return _info(row, self.clock())
+        return _info(row, self.clock.wall())
 
     def _write(self, statement) -> None:
         try:

@@ -12,11 +12,11 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 import uuid
 from pathlib import Path
 
 from sidecar.access.keys import current_spend, iso
+from sidecar.clock import SYSTEM, Clock
 from sidecar.core.errors import BudgetExceeded, RateLimited, ServiceUnavailable
 
 WINDOW = 60.0  # seconds: rpm and tpm are per sliding minute
@@ -30,7 +30,7 @@ def _no_release() -> None:
 class Limits:
     """``admit(ex)`` refuses or admits an exchange and returns the callable that releases it."""
 
-    def __init__(self, counters, *, clock=time.time, exempt=frozenset(), lease_seconds: float = 1200.0,
+    def __init__(self, counters, *, clock: Clock = SYSTEM, exempt=frozenset(), lease_seconds: float = 1200.0,
                  spend=None):
         self.counters = counters
         # key hash -> spend this period, fresh (spend.SpendLog.key_spend); None: the cached key row's spend.
@@ -80,7 +80,7 @@ class Limits:
         budget = limits.get("max_budget")
         if budget is None:
             return
-        spend = self.spend(key_hash) if self.spend is not None else current_spend(limits, self.clock())
+        spend = self.spend(key_hash) if self.spend is not None else current_spend(limits, self.clock.wall())
         if spend >= budget:
             period = f" for the period ending {iso(limits['budget_reset_at'])}" if limits.get("budget_duration") else ""
             raise BudgetExceeded(f"Budget exceeded: this key has spent ${spend:.6f} of its max_budget "
@@ -96,7 +96,7 @@ class Limits:
         return release
 
     def _wait(self, oldest: float | None) -> int:
-        return _ceil((oldest + WINDOW - self.clock()) if oldest is not None else WINDOW)
+        return _ceil((oldest + WINDOW - self.clock.wall()) if oldest is not None else WINDOW)
 
 
 def _ceil(seconds: float) -> int:
@@ -121,7 +121,7 @@ class LocalCounters:
         "CREATE TABLE IF NOT EXISTS window_totals (name TEXT PRIMARY KEY, used INTEGER NOT NULL)",
     )
 
-    def __init__(self, path: Path | str, clock=time.time):
+    def __init__(self, path: Path | str, clock: Clock = SYSTEM):
         self.path = str(path)
         self.clock = clock
         self._lock = threading.Lock()
@@ -150,7 +150,7 @@ class LocalCounters:
             db = self._db()
             db.execute("BEGIN IMMEDIATE")
             try:
-                result = work(db, self.clock())
+                result = work(db, self.clock.wall())
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -350,7 +350,8 @@ def local_counters_path(settings) -> Path:
     return Path(base + "-limits")
 
 
-def counters_for(settings):
+def counters_for(settings, clock: Clock = SYSTEM):
+    """Redis's counters read Redis's own clock (see ``_NOW``); the local ones read ``clock``."""
     if settings.redis_url:
         return RedisCounters(settings.redis_url)
-    return LocalCounters(local_counters_path(settings))
+    return LocalCounters(local_counters_path(settings), clock)

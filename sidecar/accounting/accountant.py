@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
+from sidecar.clock import SYSTEM, Clock
 from sidecar.core import usage as usage_mod
 from sidecar.core.exchange import Exchange
 from sidecar.core.sse import UsageWatcher
@@ -27,8 +27,9 @@ class Accountant:
     """Meters, prices and records exchanges; ``sinks`` receive each finished exchange."""
 
     def __init__(self, prices=None, limits=None, sinks=(), batch_operations=frozenset(), *, metrics=None,
-                 spend=None, log_bodies=False):
+                 spend=None, log_bodies=False, clock: Clock = SYSTEM):
         self.prices = prices
+        self.clock = clock
         self.limits = limits
         self.sinks = list(sinks)
         self.batch_operations = batch_operations
@@ -120,13 +121,13 @@ class Accountant:
         if meter is not None and ex.usage is None:
             self._price(ex, meter.usage)
         self._settle_cost(ex)
-        latency = ex.latency
+        latency = ex.latency = self.clock.monotonic() - ex.started
         if self.metrics is not None:
             if ex.open_stream:
                 self.metrics.stream_closed()
             self.metrics.observe(ex, latency)
         if access_log.isEnabledFor(logging.INFO):
-            line = self.log_line(ex, latency)
+            line = self.log_line(ex)
             if self.log_bodies:
                 line["request_body"], line["response_body"] = ex.request_json, ex.response_json
             # The record made directly: ``info`` would walk the stack for a caller no format prints.
@@ -139,8 +140,7 @@ class Accountant:
             except Exception:  # a failing sink must not break the response; it is logged loudly
                 log.exception("spend sink %r failed for request %s", sink, ex.request_id)
 
-    @staticmethod
-    def log_line(ex: Exchange, latency: float | None = None) -> dict:
+    def log_line(self, ex: Exchange) -> dict:
         """The access-log record: what happened and what it cost, never a key, a prompt or an answer.
 
         The key appears as its alias (a name an operator chose) and the first 12 hex digits of its
@@ -149,10 +149,9 @@ class Accountant:
         u = ex.usage
         caller = ex.caller
         key_hash = getattr(caller, "key_hash", None)
-        latency = ex.latency if latency is None else latency
         return {
-            "ts": round(time.time(), 3), "request_id": ex.request_id, "method": ex.method, "route": ex.route,
-            "operation": ex.operation_id, "status": ex.status, "latency_ms": round(latency * 1000, 2),
+            "ts": round(self.clock.wall(), 3), "request_id": ex.request_id, "method": ex.method, "route": ex.route,
+            "operation": ex.operation_id, "status": ex.status, "latency_ms": round(ex.latency * 1000, 2),
             "upstream_ms": round(ex.upstream_latency * 1000, 2) if ex.upstream_latency is not None else None,
             "model": ex.model, "stream": ex.stream, "key_alias": getattr(caller, "alias", None),
             "key": key_hash[:12] if key_hash else None, "end_user": ex.end_user,

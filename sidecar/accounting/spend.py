@@ -20,12 +20,12 @@ import functools
 import logging
 import math
 import threading
-import time
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
 from sidecar.access.keys import CACHE_MAX, parse_duration
+from sidecar.clock import SYSTEM, Clock
 from sidecar.core.errors import BadRequest
 from sidecar.store.tables import keys as keys_table
 from sidecar.store.tables import spend_logs
@@ -65,7 +65,7 @@ def _short(value, size: int = 255):
 class SpendLog:
     """Queue, background writer and queries over ``spend_logs``; one per app (and engine)."""
 
-    def __init__(self, engine: sa.Engine, *, clock=time.time, flush_interval: float = FLUSH_INTERVAL,
+    def __init__(self, engine: sa.Engine, *, clock: Clock = SYSTEM, flush_interval: float = FLUSH_INTERVAL,
                  spend_ttl: float = SPEND_TTL):
         self.engine = engine
         self.clock = clock
@@ -133,7 +133,7 @@ class SpendLog:
         return written
 
     def _write(self, batch: list) -> None:
-        now = self.clock()
+        now = self.clock.wall()
         charges: dict[str, list] = {}
         for _row, charge in batch:
             if charge is not None:
@@ -180,7 +180,7 @@ class SpendLog:
         plus their flush interval, about as stale as their unflushed queues already make it. A
         budget is a soft limit either way: requests in flight when it is reached still finish.
         """
-        now = time.monotonic()
+        now = self.clock.monotonic()
         with self._cost_lock:
             hit = self._committed.get(key_hash)
             pending = self._pending_cost.get(key_hash, 0.0)
@@ -198,7 +198,7 @@ class SpendLog:
                         self._committed.clear()
                     self._committed[key_hash] = hit
         _read, spend, reset_at = hit
-        ended = reset_at is not None and reset_at <= self.clock()
+        ended = reset_at is not None and reset_at <= self.clock.wall()
         return (0.0 if ended else spend) + pending
 
     def forget(self, key_hash: str) -> None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(slots=True)
@@ -12,8 +11,8 @@ class Exchange:
     operation_id: str
     method: str
     route: str
-    started: float = field(default_factory=time.perf_counter)
-    wall_time: float = field(default_factory=time.time)
+    started: float = 0.0  # the clock's monotonic reading when the request arrived
+    wall_time: float = 0.0  # the clock's wall reading then: the spend record's timestamp
     caller: object = None
     model: str | None = None
     end_user: str | None = None
@@ -28,9 +27,6 @@ class Exchange:
     finished: bool = False
     open_stream: bool = False  # counted in the open-streams gauge until finished
     response_json: object = None  # kept only when Settings.log_bodies asks for bodies in the log
-    first_chunk_at: float | None = None  # perf_counter when a relayed body's first chunk went out
+    first_chunk_at: float | None = None  # the clock's monotonic reading when a relayed body's first chunk went out
     span: object = None  # the request's OpenTelemetry span, when tracing is on (accounting.telemetry)
-
-    @property
-    def latency(self) -> float:
-        return time.perf_counter() - self.started
+    latency: float = 0.0  # seconds from arrival to the last byte: set once, when accounting finishes

@@ -7,10 +7,10 @@ alike; an unknown model goes to the default target unchanged. A LiteLLM-style pr
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from sidecar.clock import SYSTEM, Clock
 from sidecar.core.config import PROVIDERS, Config
 
 
@@ -32,14 +32,15 @@ class Target:
 class ModelRouter:
     """Resolves model names; holds one ``Target`` per distinct (base, key), shared by its aliases."""
 
-    def __init__(self, default: Target, routes: dict[str, tuple[Target, str]], providers: dict[str, Target]):
+    def __init__(self, default: Target, routes: dict[str, tuple[Target, str]], providers: dict[str, Target],
+                 clock: Clock = SYSTEM):
         self.default = default
         self.routes = MappingProxyType(dict(routes))
         self.providers = MappingProxyType(dict(providers))
-        self.created = int(time.time())
+        self.created = int(clock.wall())
 
     @classmethod
-    def from_config(cls, config: Config | None, default: Target) -> ModelRouter:
+    def from_config(cls, config: Config | None, default: Target, clock: Clock = SYSTEM) -> ModelRouter:
         keys = config.provider_keys if config else {}
         targets: dict[tuple[str, str | None], Target] = {}
 
@@ -52,7 +53,7 @@ class ModelRouter:
         for entry in config.models if config else ():
             routes[entry.alias] = (target(entry.api_base, entry.api_key), entry.model)
         providers = {name: target(base, keys.get(name)) for name, (base, _variable) in PROVIDERS.items()}
-        return cls(default, routes, providers)
+        return cls(default, routes, providers, clock)
 
     def resolve(self, model: str) -> tuple[Target, str]:
         found = self.routes.get(model)

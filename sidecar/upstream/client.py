@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import select
-import time
 from email.utils import parsedate_to_datetime
 
 import requests
@@ -23,6 +22,7 @@ from requests.utils import get_encoding_from_headers, requote_uri
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from sidecar.clock import SYSTEM, Clock
 from sidecar.core.errors import UpstreamTimeout, UpstreamUnavailable
 from sidecar.core.router import Target
 from sidecar.settings import Settings
@@ -62,7 +62,7 @@ def _rewindable(body) -> bool:
         hasattr(body, "seek") and hasattr(body, "read"))
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
+def _retry_after_seconds(value: str | None, now: float) -> float | None:
     """``Retry-After`` as seconds: delta-seconds or an HTTP date (RFC 9110 10.2.3); None if absent or bad."""
     if not value:
         return None
@@ -70,7 +70,7 @@ def _retry_after_seconds(value: str | None) -> float | None:
     if value.isdigit():
         return float(value)
     try:
-        return parsedate_to_datetime(value).timestamp() - time.time()
+        return parsedate_to_datetime(value).timestamp() - now
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
@@ -171,8 +171,9 @@ class PooledAdapter(HTTPAdapter):
 class Upstream:
     """Owns the pooled transport to Mistral and turns transport failures into sidecar errors."""
 
-    def __init__(self, settings: Settings, adapter: HTTPAdapter | None = None):
+    def __init__(self, settings: Settings, adapter: HTTPAdapter | None = None, clock: Clock = SYSTEM):
         self.settings = settings
+        self.clock = clock
         self.timeout = (settings.connect_timeout, settings.read_timeout)
         self.default_target = Target(settings.mistral_api_base, settings.mistral_api_key,
                                      settings.mistral_admin_api_key)
@@ -226,10 +227,10 @@ class Upstream:
 
     def _sleep(self, attempt: int, retry_after: str | None) -> None:
         """Wait before the next attempt: the upstream's ``Retry-After`` if given, else backoff with jitter."""
-        wait = _retry_after_seconds(retry_after)
+        wait = _retry_after_seconds(retry_after, self.clock.wall())
         if wait is None:
             wait = self.settings.retry_backoff * (2 ** (attempt - 1)) * (0.5 + random.random() / 2)
-        time.sleep(min(max(wait, 0.0), self.settings.retry_max_wait))
+        self.clock.sleep(min(max(wait, 0.0), self.settings.retry_max_wait))
 
     def _error(self, exc: requests.exceptions.RequestException):
         if isinstance(exc, requests.exceptions.ConnectTimeout):

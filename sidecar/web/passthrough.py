@@ -17,12 +17,10 @@ from flask import Flask, Response, request
 from sidecar.access.auth import bearer
 from sidecar.core.config import PassThroughEndpoint
 from sidecar.core.errors import BadRequest, InvalidRequest, PayloadTooLarge, SidecarError
-from sidecar.core.exchange import Exchange
 from sidecar.core.router import Target
 from sidecar.core.spec import flask_rule
 from sidecar.upstream.client import DROP_OUTBOUND
 from sidecar.web import body as bodies
-from sidecar.web.pipeline import _request_id
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 CHUNK = 64 * 1024
@@ -54,7 +52,7 @@ class PassThrough:
 
     def view(self, subpath: str | None = None) -> Response:
         pipeline = self.pipeline
-        ex = Exchange(_request_id(request.headers), self.operation_id, request.method, self.endpoint.path)
+        ex = pipeline.exchange(request.headers, self.operation_id, request.method, self.endpoint.path)
         body = None
         try:
             caller = ex.caller = pipeline.auth.authenticate(request.headers) if self.endpoint.auth else None

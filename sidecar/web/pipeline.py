@@ -10,13 +10,13 @@ import itertools
 import json
 import logging
 import re
-import time
 import uuid
 from urllib.parse import quote
 
 import urllib3
 from flask import Response, request
 
+from sidecar.clock import SYSTEM, Clock
 from sidecar.core import dialect
 from sidecar.core.errors import (
     BadRequest,
@@ -60,8 +60,10 @@ def _request_id(headers) -> str:
 class Pipeline:
     """Holds the collaborators built once at start-up and runs each request through them."""
 
-    def __init__(self, settings, spec, validators, upstream, authenticator, accountant, handlers, router=None):
+    def __init__(self, settings, spec, validators, upstream, authenticator, accountant, handlers, router=None,
+                 clock: Clock = SYSTEM):
         self.settings = settings
+        self.clock = clock
         self.spec = spec
         self.validators = validators
         self.upstream = upstream
@@ -69,7 +71,8 @@ class Pipeline:
         self.accountant = accountant
         self.handlers = handlers
         # model -> (Target, upstream model name): config.yaml aliases, provider prefixes, else the default
-        self.router = router or ModelRouter.from_config(getattr(settings, "config", None), upstream.default_target)
+        self.router = router or ModelRouter.from_config(getattr(settings, "config", None), upstream.default_target,
+                                                         clock)
         self._drop_outbound = frozenset({settings.end_user_header, "x-request-id"})
 
     # -- the view ---------------------------------------------------------------------------------
@@ -79,7 +82,7 @@ class Pipeline:
         req = request._get_current_object() if req is None else req
         headers = req.headers
         op = endpoint.plain
-        ex = Exchange(_request_id(headers), op.id, op.method, endpoint.path)
+        ex = self.exchange(headers, op.id, op.method, endpoint.path)
         body = None
         try:
             caller = ex.caller = self.auth.authenticate(headers) if op.auth != "none" else None
@@ -108,6 +111,11 @@ class Pipeline:
             if body is not None:
                 body.close()
             return self.refuse(ex, error)
+
+    def exchange(self, headers, operation_id: str, method: str, route: str) -> Exchange:
+        """A new exchange, timed from now by the app's clock."""
+        return Exchange(_request_id(headers), operation_id, method, route,
+                        started=self.clock.monotonic(), wall_time=self.clock.wall())
 
     def refuse(self, ex: Exchange, error) -> Response:
         payload, status, headers = render(error)
@@ -181,10 +189,10 @@ class Pipeline:
                 body.json["model"], body.raw = upstream_model, None
         path = op.path.format(**{k: _segment(k, v) for k, v in path_params.items()})
         headers = self._upstream_headers(op, target, body, req.headers)
-        sent = time.perf_counter()
+        sent = self.clock.monotonic()
         upstream = self.upstream.send(target, op.method, path, req.query_string.decode("latin-1"),
                                       headers, self._payload(body))
-        ex.upstream_latency = time.perf_counter() - sent
+        ex.upstream_latency = self.clock.monotonic() - sent
         return self._respond(ex, upstream, body, release)
 
     @staticmethod
@@ -231,7 +239,7 @@ class Pipeline:
             headers.append(("Content-Length", length))
         closing = (lambda: self.accountant.cost_comment(ex, meter)) if meter is not None and ex.status < 400 else None
         relay = RelayBody(upstream, chunks=chunks, on_chunk=meter.feed if meter else None, on_close=finish,
-                          is_sse=is_sse, closing=closing)
+                          is_sse=is_sse, closing=closing, clock=self.clock)
         return Response(relay, upstream.status_code, headers, direct_passthrough=True)
 
     def _respond_json(self, ex: Exchange, upstream, body: bodies.Body, release) -> Response:

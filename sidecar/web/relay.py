@@ -9,10 +9,9 @@ every SSE parser skips comments, so SDKs read the stream as before.
 
 from __future__ import annotations
 
-import time
-
 import requests
 
+from sidecar.clock import SYSTEM, Clock
 from sidecar.core import sse
 from sidecar.upstream.client import RELAY_ERRORS, upstream_chunks
 
@@ -26,11 +25,12 @@ class RelayBody:
     cost comment); ``first_chunk_at`` is when the first chunk was relayed (time to first chunk)."""
 
     __slots__ = ("response", "chunks", "on_chunk", "on_close", "is_sse", "closing", "error", "first_chunk_at",
-                 "_closed")
+                 "clock", "_closed")
 
     def __init__(self, response: requests.Response, *, chunks=None, on_chunk=None, on_close=None,
-                 is_sse: bool = False, closing=None):
+                 is_sse: bool = False, closing=None, clock: Clock = SYSTEM):
         self.response = response
+        self.clock = clock
         self.chunks = chunks
         self.on_chunk = on_chunk
         self.on_close = on_close
@@ -45,7 +45,7 @@ class RelayBody:
         try:
             for chunk in self.chunks if self.chunks is not None else upstream_chunks(self.response):
                 if self.first_chunk_at is None:
-                    self.first_chunk_at = time.perf_counter()
+                    self.first_chunk_at = self.clock.monotonic()
                 if on_chunk is not None:
                     on_chunk(chunk)
                 if closing is not None:

@@ -11,6 +11,7 @@ import pytest
 
 from sidecar.access.auth import Caller
 from sidecar.access.limits import Limits, LocalCounters, RedisCounters, local_counters_path
+from sidecar.clock import FakeClock
 from sidecar.core.errors import BudgetExceeded, RateLimited, ServiceUnavailable
 from sidecar.core.exchange import Exchange
 from sidecar.settings import Settings
@@ -18,18 +19,34 @@ from sidecar.settings import Settings
 from ..databases import redis_url
 
 
+class RedisTime:
+    """Redis's counters read Redis's own clock (so skewed instances agree): time there is real, and moves
+    by waiting. The local counters get a ``FakeClock`` instead; tests move either with ``advance``."""
+
+    def wall(self) -> float:
+        return time.time()
+
+    def advance(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
 @pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
-def two_counters(request, tmp_path):
-    """Two independent counter objects over one shared backend: two workers, or two instances."""
+def backend(request, tmp_path):
+    """Two independent counter objects over one shared backend (two workers, or two instances), and its clock."""
     if request.param == "local":
-        path = tmp_path / "limits.sqlite3"
-        yield LocalCounters(path), LocalCounters(path)
+        path, clock = tmp_path / "limits.sqlite3", FakeClock()
+        yield LocalCounters(path, clock), LocalCounters(path, clock), clock
         return
     prefix = f"sidecar-test-{uuid.uuid4().hex[:12]}:"
     first, second = RedisCounters(redis_url(), prefix), RedisCounters(redis_url(), prefix)
-    yield first, second
+    yield first, second, RedisTime()
     for name in first.redis.scan_iter(prefix + "*"):
         first.redis.delete(name)
+
+
+@pytest.fixture
+def two_counters(backend):
+    return backend[:2]
 
 
 def test_a_window_admits_exactly_its_limit_between_two_processes(two_counters):
@@ -38,31 +55,31 @@ def test_a_window_admits_exactly_its_limit_between_two_processes(two_counters):
     assert all(0 < wait <= 60 for wait in results[5:])
 
 
-def test_the_window_slides(two_counters):
-    a, b = two_counters
+def test_the_window_slides(backend):
+    a, b, clock = backend
     assert a.take("rpm:k", 2, 0.3) is None and b.take("rpm:k", 2, 0.3) is None
     assert a.take("rpm:k", 2, 0.3) is not None
-    time.sleep(0.35)
+    clock.advance(0.35)
     assert b.take("rpm:k", 2, 0.3) is None
 
 
-def test_token_totals_add_up_across_processes(two_counters):
-    a, b = two_counters
+def test_token_totals_add_up_across_processes(backend):
+    a, b, clock = backend
     assert a.total("tpm:k", 60) == (0, None)
     a.add("tpm:k", 10, 60)
     b.add("tpm:k", 5, 60)
     used, oldest = b.total("tpm:k", 60)
-    assert used == 15 and time.time() - 5 < oldest <= time.time()
+    assert used == 15 and clock.wall() - 5 < oldest <= clock.wall()
 
 
-def test_leases_count_in_flight_requests_and_expire_if_never_released(two_counters):
-    a, b = two_counters
+def test_leases_count_in_flight_requests_and_expire_if_never_released(backend):
+    a, b, clock = backend
     first, second = a.acquire("parallel:k", 2, 60), b.acquire("parallel:k", 2, 60)
     assert first and second and a.acquire("parallel:k", 2, 60) is None
     b.release("parallel:k", first)
     assert a.acquire("parallel:k", 2, 60) is not None
     assert a.acquire("parallel:other", 1, 0.2) and b.acquire("parallel:other", 1, 0.2) is None
-    time.sleep(0.25)  # a worker that died holding the lease does not block the key forever
+    clock.advance(0.25)  # a worker that died holding the lease does not block the key forever
     assert b.acquire("parallel:other", 1, 0.2) is not None
 
 
@@ -99,12 +116,13 @@ def _exchange(**limits) -> Exchange:
 
 
 def test_admission_messages_name_the_limit(tmp_path):
-    limits = Limits(LocalCounters(tmp_path / "l"))
+    clock = FakeClock()
+    limits = Limits(LocalCounters(tmp_path / "l", clock), clock=clock)
     with pytest.raises(BudgetExceeded) as budget:
-        limits.admit(_exchange(max_budget=1.0, spend=1.25, budget_duration="30d", budget_reset_at=time.time() + 99))
+        limits.admit(_exchange(max_budget=1.0, spend=1.25, budget_duration="30d", budget_reset_at=clock.wall() + 99))
     assert budget.value.status == 400
     assert "spent $1.250000 of its max_budget $1.000000 for the period ending" in budget.value.message
-    limits.admit(_exchange(max_budget=1.0, spend=5.0, budget_duration="1h", budget_reset_at=time.time() - 1))
+    limits.admit(_exchange(max_budget=1.0, spend=5.0, budget_duration="1h", budget_reset_at=clock.wall() - 1))
 
     release = limits.admit(_exchange(max_parallel_requests=1, rpm_limit=1))
     with pytest.raises(RateLimited) as parallel:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from werkzeug.wrappers import Response
@@ -30,7 +29,8 @@ def answers(*responses):
 
 
 @pytest.fixture
-def retrying(make_app):
+def retrying(make_app, clock):
+    """Waits between attempts advance the fake clock (``clock.slept``) instead of taking real time."""
     return make_app(retries=2, retry_backoff=0.01, retry_max_wait=1.0).test_client()
 
 
@@ -46,19 +46,29 @@ def test_settings_read_retries_from_the_environment():
     assert (settings.retries, settings.retry_backoff) == (3, 0.2)
 
 
-def test_429_then_200_honours_retry_after(retrying, fake):
+def test_429_then_200_honours_retry_after(retrying, fake, clock):
     fake.on("POST", "/v1/chat/completions", answers((429, {"Retry-After": "1"})))
-    started = time.monotonic()
     response = retrying.post("/v1/chat/completions", json=CHAT)
     assert response.status_code == 200 and response.json["choices"][0]["message"]["content"] == "Hello!"
-    assert len(fake.seen) == 2 and time.monotonic() - started >= 0.9
+    assert len(fake.seen) == 2 and clock.slept == [1.0]
     assert fake.seen[0].body == fake.seen[1].body
 
 
-def test_500_then_200_is_retried_with_backoff(retrying, fake):
+def test_retry_after_as_an_http_date_is_waited_for_by_the_clock(retrying, fake, clock):
+    from email.utils import formatdate
+
+    fake.on("POST", "/v1/chat/completions", answers((503, {"Retry-After": formatdate(clock.wall() + 1, usegmt=True)})))
+    assert retrying.post("/v1/chat/completions", json=CHAT).status_code == 200
+    (waited,) = clock.slept
+    assert 0 < waited <= 1.0
+
+
+def test_500_then_200_is_retried_with_backoff(retrying, fake, clock):
     fake.on("POST", "/v1/chat/completions", answers((500, {}), (503, {})))
     assert retrying.post("/v1/chat/completions", json=CHAT).status_code == 200
     assert len(fake.seen) == 3
+    first, second = clock.slept  # exponential, with jitter of at most half
+    assert 0.005 <= first <= 0.01 and 0.01 <= second <= 0.02
 
 
 def test_the_last_failure_is_relayed_when_retries_run_out(retrying, fake):
