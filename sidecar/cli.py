@@ -42,7 +42,7 @@ def _migrate(args) -> int:
 
 
 def _key_store():
-    from .keys import KeyStore
+    from sidecar.access.keys import KeyStore
     from .settings import Settings
     from .store import open_engine
 
@@ -51,7 +51,7 @@ def _key_store():
 
 def _keys(args) -> int:
     """``keys create|list|revoke``: the same ``KeyStore`` the /key/* routes use, without a server."""
-    from .errors import SidecarError
+    from sidecar.core.errors import SidecarError
 
     store = _key_store()
     try:
