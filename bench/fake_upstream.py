@@ -1,7 +1,9 @@
 """A fast fake Mistral for the benchmark: raw-socket HTTP/1.1 on gevent, pre-built answers.
 
 ``POST .../chat/completions`` answers a fixed chat completion, or (``"stream": true``) a chunked SSE
-stream of chat chunks with usage on the last. It parses only the request line, Content-Length and
+stream of chat chunks with usage on the last; ``.../embeddings`` a realistic answer for 512 inputs
+(512 vectors of 1024 floats, ~4.9 MB, usage last as Mistral sends it); ``.../ocr`` a one-page OCR
+answer. Bodies are read into one buffer (large-body scenarios send 10 MB). It parses only the request line, Content-Length and
 three knobs, so it stays far from being the bottleneck; ``--procs N`` forks N processes sharing the
 port (SO_REUSEPORT). Defaults come from the command line; a request may override them with headers
 (the sidecar and the floor proxy pass them on; LiteLLM does not, so it gets the defaults):
@@ -47,11 +49,34 @@ def sse_event(i: int, last: bool) -> bytes:
     return _chunk(b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")
 
 
+def embeddings_body(rows: int = 512, dims: int = 1024) -> bytes:
+    """Mistral's embeddings answer for ``rows`` inputs; floats written as Mistral writes them."""
+    row = ",".join(f"{((i * 7919) % 2001 - 1000) / 9871.0:.6f}" for i in range(dims))
+    data = ",".join(f'{{"object":"embedding","embedding":[{row}],"index":{i}}}' for i in range(rows))
+    return (f'{{"id":"embd-bench","object":"list","data":[{data}],"model":"mistral-embed",'
+            f'"usage":{{"prompt_tokens":{rows * 256},"total_tokens":{rows * 256},"completion_tokens":0}}}}').encode()
+
+
+def ocr_body() -> bytes:
+    return json.dumps({
+        "pages": [{"index": 0, "markdown": "# Bench\n\nOne page of text.", "images": [],
+                   "dimensions": {"dpi": 200, "height": 2200, "width": 1700}}],
+        "model": "mistral-ocr-2505-completion", "document_annotation": None,
+        "usage_info": {"pages_processed": 1, "doc_size_bytes": 10_000_000},
+    }, separators=(",", ":")).encode()
+
+
+def _json_response(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
 PLAIN = chat_body()
 PLAIN_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
                   % len(PLAIN)) + PLAIN
 SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
 SSE_TAIL = _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+EMBEDDINGS_RESPONSE = _json_response(embeddings_body())
+OCR_RESPONSE = _json_response(ocr_body())
 NOT_FOUND_BODY = b'{"detail":"Not Found"}'
 NOT_FOUND = (b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
              % len(NOT_FOUND_BODY)) + NOT_FOUND_BODY
@@ -99,14 +124,15 @@ def handle(sock, _address) -> None:
                         events = int(value)
                     elif name == b"x-fake-interval-ms":
                         interval = float(value) / 1000
-            while len(buf) < length:
-                data = recv(65536)
-                if not data:
+            if len(buf) < length:
+                buf = _read_rest(sock, buf, length)
+                if buf is None:
                     return
-                buf += data
             body, buf = buf[:length], buf[length:]
-            if b"/chat/completions" not in head[:head.find(b"\r\n")]:
-                sendall(NOT_FOUND)
+            target = head[:head.find(b"\r\n")]
+            if b"/chat/completions" not in target:
+                sendall(EMBEDDINGS_RESPONSE if b"/embeddings" in target else OCR_RESPONSE if b"/ocr" in target
+                        else NOT_FOUND)
                 continue
             if latency:
                 sleep(latency)
@@ -123,6 +149,19 @@ def handle(sock, _address) -> None:
         return
     finally:
         sock.close()
+
+
+def _read_rest(sock, buf: bytes, length: int) -> bytes | None:
+    """Read until ``length`` bytes are buffered, into one preallocated buffer (no quadratic copies)."""
+    whole = bytearray(length)
+    whole[:len(buf)] = buf
+    view, got = memoryview(whole), len(buf)
+    while got < length:
+        n = sock.recv_into(view[got:])
+        if not n:
+            return None
+        got += n
+    return bytes(whole)
 
 
 def serve(port: int) -> None:

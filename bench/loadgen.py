@@ -50,13 +50,13 @@ class Connection:
             self._connect()
         sock = self.sock
         sock.sendall(raw)
-        buf = self.buf
+        buf = bytearray(self.buf)  # appended in place: a multi-megabyte answer is not copied per read
         while (end := buf.find(b"\r\n\r\n")) < 0:
             data = sock.recv(65536)
             if not data:
                 raise ConnectionError("closed before the headers")
             buf += data
-        head, buf = buf[:end], buf[end + 4:]
+        head, buf = bytes(buf[:end]), buf[end + 4:]
         status = int(head[9:12])
         low = head.lower()
         at = low.find(b"content-length:")
@@ -67,14 +67,16 @@ class Connection:
                 if not data:
                     raise ConnectionError("closed in the body")
                 buf += data
-            self.buf = buf[length:]
+            self.buf = bytes(buf[length:])
         else:
-            while (at := buf.find(TERMINAL_CHUNK)) < 0 and not buf.startswith(b"0\r\n\r\n"):
+            start = 0
+            while (at := buf.find(TERMINAL_CHUNK, start)) < 0 and not buf.startswith(b"0\r\n\r\n"):
+                start = max(0, len(buf) - len(TERMINAL_CHUNK))
                 data = sock.recv(65536)
                 if not data:
                     raise ConnectionError("closed in a chunked body")
                 buf += data
-            self.buf = b"" if at < 0 else buf[at + len(TERMINAL_CHUNK):]
+            self.buf = b"" if at < 0 else bytes(buf[at + len(TERMINAL_CHUNK):])
         if b"connection: close" in low:
             self.close()
         return status
@@ -205,7 +207,9 @@ def main(argv=None) -> int:
     parser.add_argument("mode", choices=["closed", "pairs", "streams"])
     parser.add_argument("--url", required=True)
     parser.add_argument("--direct-url", help="pairs: the upstream called directly")
-    parser.add_argument("--body", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--body")
+    source.add_argument("--body-file", help="the body, read from this file (large-body scenarios)")
     parser.add_argument("--header", action="append", default=[], help="Name: value (both legs)")
     parser.add_argument("--proxied-header", action="append", default=[], help="pairs: only on the proxied leg")
     parser.add_argument("--concurrency", type=int, default=16)
@@ -219,7 +223,7 @@ def main(argv=None) -> int:
     def headers(items):
         return dict(h.split(": ", 1) for h in items)
 
-    body = args.body.encode()
+    body = args.body.encode() if args.body is not None else open(args.body_file, "rb").read()
     if args.mode == "closed":
         result = closed(args.url, body, headers(args.header), args.concurrency, args.duration)
     elif args.mode == "pairs":

@@ -2,9 +2,10 @@
 wrk.method = "POST"
 wrk.body = os.getenv("BENCH_BODY")
 wrk.headers["Content-Type"] = "application/json"
-local auth = os.getenv("BENCH_AUTH")
-if auth and auth ~= "" then
-  wrk.headers["Authorization"] = "Bearer " .. auth
+-- BENCH_HEADERS: "Name: value" lines (the side's credentials and routing headers)
+for line in string.gmatch(os.getenv("BENCH_HEADERS") or "", "[^\n]+") do
+  local name, value = string.match(line, "^([^:]+):%s*(.*)$")
+  if name then wrk.headers[name] = value end
 end
 
 function done(summary, latency, requests)
