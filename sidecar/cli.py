@@ -43,6 +43,7 @@ def _migrate(args) -> int:
 
 def _key_store():
     from sidecar.access.keys import KeyStore
+
     from .settings import Settings
     from .store import open_engine
 

@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
                               spend=spend_log, log_bodies=settings.log_bodies, clock=clock),
         handlers=handlers,
         clock=clock,
+        readiness=health.Readiness(),
     )
     _SHUTDOWN.append(pipeline.upstream.close)
     _SHUTDOWN.append(spend_log.close)  # before the engine goes: it writes the last spend records

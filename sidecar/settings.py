@@ -109,7 +109,6 @@ class Settings:
     total_timeout: float = 600.0
     stream_idle_timeout: float = 300.0
     allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback names and the bound address
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_env(cls, env=None, **overrides) -> Settings:
@@ -164,10 +163,6 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
-    @property
-    def on_loopback(self) -> bool:
-        return is_loopback(self.host)
-
     def with_(self, **changes) -> Settings:
         """A copy with some fields changed (tests build many apps from one base)."""
         return replace(self, **changes)
@@ -175,6 +170,5 @@ class Settings:
     def secrets(self) -> tuple[str, ...]:
         """Every secret this process holds, for scrubbing logs, errors and contracts."""
         found = [self.mistral_api_key, self.mistral_admin_api_key, self.master_key]
-        found += list(self.extra.get("secrets", ()))
         found += list(self.config.secrets() if self.config is not None else ())
         return tuple(s for s in found if s)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sidecar.core.errors import Forbidden, Unauthorized
 
@@ -16,7 +17,7 @@ from sidecar.core.errors import Forbidden, Unauthorized
 class Caller:
     """The authenticated party behind a request."""
 
-    kind: str  # "master" | "virtual" | "open"
+    kind: Literal["master", "virtual", "open"]  # "open": no master key set (loopback), anyone may call
     key_hash: str | None = None
     alias: str | None = None
     models: tuple[str, ...] = ()  # empty: every model
@@ -27,6 +28,11 @@ class Caller:
     @property
     def is_master(self) -> bool:
         return self.kind in ("master", "open")
+
+    @property
+    def is_virtual(self) -> bool:
+        """A virtual key: the only kind of caller with limits, spend and a budget."""
+        return self.kind == "virtual"
 
     def allows(self, model: str | None) -> bool:
         return not self.models or model is None or model in self.models

@@ -110,21 +110,6 @@ class KeyStore:
         """Drop this process's cached view of a key (other processes see changes within the TTL)."""
         self._cache.pop(key_hash, None)
 
-    def add_spend(self, caller: Caller, cost: float) -> None:
-        """Add ``cost`` USD to the key's spend atomically, starting a new period if the last one ended."""
-        now = self.clock.wall()
-        duration = caller.limits.get("budget_duration")
-        next_reset = now + parse_duration(duration, "budget_duration") if duration else None
-        ended = sa.and_(keys_table.c.budget_reset_at.is_not(None), keys_table.c.budget_reset_at <= now)
-        statement = (
-            keys_table.update().where(keys_table.c.token == caller.key_hash).values(
-                spend=sa.case((ended, cost), else_=keys_table.c.spend + cost),
-                budget_reset_at=sa.case((ended, next_reset), else_=keys_table.c.budget_reset_at),
-            )
-        )
-        with self.engine.begin() as connection:
-            connection.execute(statement)
-
     # -- administration -------------------------------------------------------------------------------
     def generate(self, fields: dict) -> dict:
         """Create a key; the answer is the only place the key itself ever appears."""
@@ -257,14 +242,3 @@ def _info(row, now: float) -> dict:
         "deleted_at": iso(row["deleted_at"]),
     }
 
-
-def spend_sink(store: KeyStore):
-    """The Accountant sink that charges each finished exchange's cost to its key.
-
-    Kept to this one function on purpose: spend-log-based accounting replaces it wholesale.
-    """
-    def charge_key(ex) -> None:
-        caller = ex.caller
-        if ex.cost and getattr(caller, "kind", None) == "virtual":
-            store.add_spend(caller, ex.cost)
-    return charge_key

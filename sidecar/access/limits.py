@@ -236,9 +236,6 @@ class LocalCounters:
             return None, lease
         return self._transaction(work)
 
-    def ping(self) -> bool:
-        return self.total("ping", 1.0) is not None
-
 
 # Lua runs atomically in Redis and reads Redis's own clock, so instances with skewed clocks agree.
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n"
@@ -335,12 +332,6 @@ class RedisCounters:
             self.redis.zrem(self.prefix + name, lease)
         except self.errors as exc:  # the lease expires by itself; failing the finished response would help no one
             log.warning("could not release parallel lease %s: %s", name, type(exc).__name__)
-
-    def ping(self) -> bool:
-        try:
-            return bool(self.redis.ping())
-        except self.errors:
-            return False
 
 
 def local_counters_path(settings) -> Path:

@@ -26,13 +26,12 @@ def _no_release() -> None:
 class Accountant:
     """Meters, prices and records exchanges; ``sinks`` receive each finished exchange."""
 
-    def __init__(self, prices=None, limits=None, sinks=(), batch_operations=frozenset(), *, metrics=None,
+    def __init__(self, prices=None, limits=None, sinks=(), *, metrics=None,
                  spend=None, log_bodies=False, clock: Clock = SYSTEM):
         self.prices = prices
         self.clock = clock
         self.limits = limits
         self.sinks = list(sinks)
-        self.batch_operations = batch_operations
         self.metrics = metrics  # metrics.Metrics, or None
         self.spend = spend  # spend.SpendLog: the key's running spend for x-sidecar-key-spend
         self.log_bodies = log_bodies  # prompts and answers in the log line: off unless asked for
@@ -88,7 +87,7 @@ class Accountant:
             return []
         headers = [("x-sidecar-cost", _usd(ex.cost))]
         caller = ex.caller
-        if self.spend is not None and getattr(caller, "kind", None) == "virtual":
+        if self.spend is not None and caller is not None and caller.is_virtual:
             headers.append(("x-sidecar-key-spend", _usd(self.spend.key_spend(caller.key_hash) + ex.cost)))
         return headers
 

@@ -89,7 +89,7 @@ class SpendLog:
         row = spend_record(ex)
         caller = ex.caller
         charge = None
-        if ex.cost and getattr(caller, "kind", None) == "virtual":
+        if ex.cost and caller is not None and caller.is_virtual:
             charge = (caller.key_hash, ex.cost, (caller.limits or {}).get("budget_duration"))
             with self._cost_lock:
                 self._pending_cost[caller.key_hash] = self._pending_cost.get(caller.key_hash, 0.0) + ex.cost

@@ -12,7 +12,7 @@
     ├── RateLimited 429       rpm / tpm / parallel limits (carries Retry-After)
     ├── UpstreamUnavailable 502 / UpstreamTimeout 504 / NoContract 501
     ├── ServiceUnavailable 503  the store (or the limiter) cannot be reached
-    InvalidRequest 422                          -> {"detail":[{"loc","msg","type"}]} (Mistral's HTTPValidationError)
+    └── InvalidRequest 422    -> {"detail":[{"loc","msg","type"}]} (Mistral's HTTPValidationError)
 """
 
 from __future__ import annotations
@@ -105,21 +105,20 @@ class ServiceUnavailable(SidecarError):
     status, type, code = 503, "server_error", "unavailable"
 
 
-class InvalidRequest(Exception):
-    """A request that does not conform to the spec: Mistral's 422 ``HTTPValidationError``."""
+class InvalidRequest(SidecarError):
+    """A request that does not conform to the spec: Mistral's 422 ``HTTPValidationError`` (its own body shape)."""
 
-    status = 422
+    status, type, code = 422, "invalid_request_error", "invalid_request"
 
     def __init__(self, detail: list[dict]):
         super().__init__(detail[0]["msg"] if detail else "invalid request")
         self.detail = detail
-        self.headers: dict[str, str] = {}
 
     def body(self) -> dict:
         return {"detail": self.detail}
 
 
-def render(error: SidecarError | InvalidRequest) -> tuple[bytes, int, dict[str, str]]:
+def render(error: SidecarError) -> tuple[bytes, int, dict[str, str]]:
     """Serialise an error into (body, status, headers) for a WSGI response."""
     headers = {"Content-Type": "application/json", **error.headers}
     return json.dumps(error.body()).encode(), error.status, headers

@@ -9,11 +9,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 _PARAM = re.compile(r"{([^}/]+)}")
+
+# The string protocols of an operation, spelled once: what each value means is in ``Operation``.
+Auth = Literal["bearer", "master", "admin", "x-api-key", "none"]
+BodyKind = Literal["json", "multipart"]
+ModelIn = Literal["body", "form", "path"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,15 +38,15 @@ class Operation:
     method: str  # upper case
     path: str  # the HTTP path template, without any "#stream"
     tag: str
-    body_kind: str | None  # "json" | "multipart" | None
+    body_kind: BodyKind | None  # None: the operation takes no body
     body_required: bool
     body_schema: dict | None
     params: tuple[Param, ...]
     streams: bool  # can answer with server-sent events
     stream_twin: bool  # this is the "#stream" twin (the request is a stream by definition)
-    auth: str  # "bearer" | "master" (the sidecar's own admin routes) | "admin" | "x-api-key" | "none"
+    auth: Auth  # "master": the sidecar's own admin routes; "admin"/"x-api-key": Mistral's other credentials
     handler: str | None  # the sidecar's own handler name; None means proxied to Mistral
-    model_in: str | None  # where the model is named: "body" | "form" | "path" | None
+    model_in: ModelIn | None  # where the model is named; None: nowhere
 
     @property
     def proxied(self) -> bool:
@@ -84,7 +90,7 @@ def resolve(doc: dict, schema: dict | None) -> dict | None:
     return schema
 
 
-def _auth(doc: dict, op: dict) -> str:
+def _auth(doc: dict, op: dict) -> Auth:
     security = op.get("security", doc.get("security") or [])
     if security == [] or security == [{}]:
         return "none"
@@ -98,7 +104,7 @@ def _auth(doc: dict, op: dict) -> str:
     return "bearer"
 
 
-def _body(doc: dict, op: dict) -> tuple[str | None, bool, dict | None]:
+def _body(doc: dict, op: dict) -> tuple[BodyKind | None, bool, dict | None]:
     body = op.get("requestBody")
     if not body:
         return None, False, None
@@ -108,8 +114,10 @@ def _body(doc: dict, op: dict) -> tuple[str | None, bool, dict | None]:
         return "json", required, content["application/json"].get("schema", {})
     if "multipart/form-data" in content:
         return "multipart", required, content["multipart/form-data"].get("schema", {})
-    kind = next(iter(content), None)
-    return kind, required, None
+    if content:  # the pipeline would forward no body: refuse the spec instead of dropping bodies
+        raise ValueError(f"operation {op.get('operationId')!r} takes {', '.join(content)}: only JSON and "
+                         "multipart bodies are supported")
+    return None, required, None
 
 
 def _streams(doc: dict, op: dict, body_schema: dict | None) -> bool:
@@ -122,7 +130,7 @@ def _streams(doc: dict, op: dict, body_schema: dict | None) -> bool:
     return "stream" in props
 
 
-def _model_in(doc: dict, path: str, kind: str | None, body_schema: dict | None) -> str | None:
+def _model_in(doc: dict, path: str, kind: BodyKind | None, body_schema: dict | None) -> ModelIn | None:
     if "{model_id}" in path:
         return "path"
     props = (resolve(doc, body_schema) or {}).get("properties") or {}

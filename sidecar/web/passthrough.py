@@ -16,7 +16,7 @@ from flask import Flask, Response, request
 
 from sidecar.access.auth import bearer
 from sidecar.core.config import PassThroughEndpoint
-from sidecar.core.errors import BadRequest, InvalidRequest, PayloadTooLarge, SidecarError
+from sidecar.core.errors import BadRequest, PayloadTooLarge, SidecarError
 from sidecar.core.router import Target
 from sidecar.core.spec import flask_rule
 from sidecar.upstream.client import DROP_OUTBOUND
@@ -73,7 +73,7 @@ class PassThrough:
             except BaseException:
                 release()
                 raise
-        except (SidecarError, InvalidRequest) as error:
+        except SidecarError as error:
             if body is not None:
                 body.close()
             return pipeline.refuse(ex, error)

@@ -20,7 +20,6 @@ from sidecar.clock import SYSTEM, Clock
 from sidecar.core import dialect
 from sidecar.core.errors import (
     BadRequest,
-    InvalidRequest,
     SidecarError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -31,6 +30,7 @@ from sidecar.core.router import ModelRouter
 from sidecar.core.spec import Endpoint, Operation, resolve
 from sidecar.upstream.client import inbound_headers, outbound_headers
 from sidecar.web import body as bodies
+from sidecar.web.handlers.health import Readiness
 from sidecar.web.relay import RELAY_ERRORS, RelayBody, upstream_chunks
 
 log = logging.getLogger("sidecar.web.pipeline")
@@ -61,8 +61,9 @@ class Pipeline:
     """Holds the collaborators built once at start-up and runs each request through them."""
 
     def __init__(self, settings, spec, validators, upstream, authenticator, accountant, handlers, router=None,
-                 clock: Clock = SYSTEM):
+                 clock: Clock = SYSTEM, readiness=None):
         self.settings = settings
+        self.readiness = readiness or Readiness()  # what /health/readiness asks
         self.clock = clock
         self.spec = spec
         self.validators = validators
@@ -107,7 +108,7 @@ class Pipeline:
             except BaseException:
                 release()
                 raise
-        except (SidecarError, InvalidRequest) as error:
+        except SidecarError as error:
             if body is not None:
                 body.close()
             return self.refuse(ex, error)
@@ -120,7 +121,7 @@ class Pipeline:
     def refuse(self, ex: Exchange, error) -> Response:
         payload, status, headers = render(error)
         headers["x-request-id"] = ex.request_id
-        ex.status, ex.error = status, getattr(error, "code", None) or "invalid_request"
+        ex.status, ex.error = status, error.code or "invalid_request"
         self.accountant.finish(ex)
         return Response(payload, status, headers)
 
