@@ -25,7 +25,7 @@ from sidecar.store import open_engine
 from sidecar.upstream import transports
 from sidecar.upstream.client import Upstream
 from sidecar.web import routes
-from sidecar.web.handlers import admin, health, reports
+from sidecar.web.handlers import admin, health, reports, ui
 from sidecar.web.pipeline import Pipeline
 
 _SHUTDOWN: list = []
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
     clock = clock or SYSTEM
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec, validators = _compiled(Path(settings.spec_path), Path(settings.spec_path).stat().st_mtime)
-    handlers = {**health.HANDLERS, **admin.HANDLERS, **metrics.HANDLERS, **reports.HANDLERS}
+    handlers = {**health.HANDLERS, **admin.HANDLERS, **metrics.HANDLERS, **reports.HANDLERS, **ui.HANDLERS}
     engine = open_engine(settings)
     keys = KeyStore(engine, clock=clock)
     spend_log = SpendLog(engine, clock=clock)

@@ -65,6 +65,15 @@ class Limits:
                               code="rpm_limit_exceeded", retry_after=_ceil(detail))
         return self._releaser(f"parallel:{name}", detail) if detail is not None else _no_release
 
+    def state(self, key_hash: str, limits: dict) -> dict:
+        """What the key used of its rpm and tpm in the current minute (for ``/key/info``), read, not taken."""
+        shown = {}
+        for kind in ("rpm", "tpm"):
+            limit = limits.get(f"{kind}_limit")
+            used = self.counters.total(f"{kind}:{key_hash}", WINDOW)[0] if limit is not None else None
+            shown[kind] = {"used": used, "limit": limit, "window_seconds": WINDOW}
+        return shown
+
     def record(self, ex) -> None:
         """Accountant sink: count a finished exchange's tokens toward its key's tpm window."""
         limits = getattr(ex.caller, "limits", None)

@@ -38,7 +38,7 @@ MAX_BATCH = 2000  # rows per transaction
 SPEND_TTL = 0.5
 # Probes and scrapes are not spend: a liveness check every few seconds would bury the real records.
 UNRECORDED = frozenset({"sidecar_health_liveliness", "sidecar_health_readiness", "sidecar_metrics"})
-GROUPS = ("key", "model", "end_user", "day")
+GROUPS = ("key", "model", "end_user", "day", "day_model")
 
 
 def spend_record(ex) -> dict:
@@ -232,7 +232,7 @@ class SpendLog:
         with self.engine.connect() as connection:
             rows = [dict(row) for row in connection.execute(query).mappings()]
         for row in rows:
-            if group_by == "day":
+            if group_by in ("day", "day_model"):
                 row["day"] = datetime.fromtimestamp(row["day"] * 86400, timezone.utc).date().isoformat()
             row["cost"] = round(row["cost"], 10)
         return {"group_by": group_by, "groups": rows, "total_cost": round(sum(r["cost"] for r in rows), 10),
@@ -282,7 +282,8 @@ def _group_columns(group_by: str, dialect: str) -> list:
     days = spend_logs.c.ts / 86400
     # ts is positive, so truncation is floor; PostgreSQL's integer cast rounds, hence floor() there.
     day = sa.func.floor(days) if dialect == "postgresql" else sa.cast(days, sa.Integer)
-    return [sa.cast(day, sa.Integer).label("day")]
+    by_day = [sa.cast(day, sa.Integer).label("day")]
+    return by_day + [spend_logs.c.model] if group_by == "day_model" else by_day
 
 
 def _where(filters: dict) -> list:

@@ -40,7 +40,10 @@ def info(pipeline, ex, body, path_params):
         if ref and store.token_of(ref) != token:
             raise Unauthorized("A virtual key may only read its own info.", code="master_key_required")
     pipeline.accountant.spend.flush()  # spend includes this worker's queued records (spend.SpendLog)
-    return jsonify({"key": token, "info": store.info(token)})
+    shown = store.info(token)
+    limits = pipeline.accountant.limits
+    state = limits.state(token, shown) if limits is not None else None
+    return jsonify({"key": token, "info": shown, "limits_state": state})
 
 
 def update(pipeline, ex, body, path_params):

@@ -6,6 +6,8 @@ The master key sees everything; a virtual key sees only its own records, whateve
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from flask import jsonify, request
 
 from sidecar.accounting.spend import GROUPS, parse_time
@@ -42,4 +44,17 @@ def report(pipeline, ex, body, path_params):
     return jsonify(_spend_log(pipeline).report(group_by, _filters(pipeline, ex)))
 
 
-HANDLERS = {"spend.logs": logs, "spend.report": report}
+def prices(pipeline, ex, body, path_params):
+    """The price table in effect (packaged prices with the config's overrides), one row per priced model."""
+    table = pipeline.accountant.prices
+    aliases: dict[str, list[str]] = {}
+    for alias, model in table.aliases.items():
+        aliases.setdefault(model, []).append(alias)
+    models = [{"model": name, "aliases": sorted(aliases.get(name, [])),
+               **{k: v for k, v in asdict(price).items() if v is not None}}
+              for name, price in sorted(table.models.items())]
+    return jsonify({"as_of": table.as_of, "source": table.source, "batch_discount": table.batch_discount,
+                    "models": models})
+
+
+HANDLERS = {"spend.logs": logs, "spend.report": report, "spend.prices": prices}
