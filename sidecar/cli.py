@@ -32,12 +32,23 @@ def _serve(args) -> int:
 
 
 def _migrate(args) -> int:
-    """Apply the schema migrations to DATABASE_URL (or the SQLite file): the Procfile's release step."""
+    """Apply the schema migrations to DATABASE_URL (or the SQLite file); web's start runs it too (idempotent)."""
+    import sqlalchemy as sa
+
     from .settings import Settings
     from .store import database_url, make_engine, migrate
 
     engine = make_engine(database_url(Settings.from_env()))
-    print(f"database {engine.url.render_as_string(hide_password=True)} is at revision {migrate(engine)}")
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        revision = migrate(engine)
+    except sa.exc.OperationalError as exc:
+        print(f"error: database {where} is unreachable: {str(exc.orig).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    if not args.quiet:
+        print(f"database {where} is at revision {revision}")
     return 0
 
 
@@ -79,7 +90,10 @@ def _keys(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .shipped import version
+
     parser = argparse.ArgumentParser(prog="mistral-sidecar", description="The whole Mistral API behind one local gateway.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the sidecar under gunicorn (127.0.0.1:4000 by default)")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1; SIDECAR_HOST)")
@@ -91,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--record", nargs="?", const="", default=None, metavar="DIR",
                        help="forward to Mistral and record each new exchange into DIR")
     serve.set_defaults(func=_serve)
-    sub.add_parser("migrate", help="apply database migrations (DATABASE_URL, else the SQLite file)").set_defaults(
-        func=_migrate)
+    migrate = sub.add_parser("migrate", help="apply database migrations (DATABASE_URL, else the SQLite file)")
+    migrate.add_argument("--quiet", action="store_true", help="print nothing unless it fails")
+    migrate.set_defaults(func=_migrate)
     keys = sub.add_parser("keys", help="create, list and revoke virtual keys").add_subparsers(dest="action",
                                                                                              required=True)
     create = keys.add_parser("create", help="create a key and print it (shown once)")
@@ -115,8 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .core.config import ConfigError
+    from .settings import SettingsError
+
     args = build_parser().parse_args(argv)
-    return args.func(args) or 0
+    try:
+        return args.func(args) or 0
+    except (SettingsError, ConfigError) as error:  # a setting, not a bug: one line, no traceback
+        print(f"mistral-sidecar: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

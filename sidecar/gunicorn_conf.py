@@ -7,17 +7,24 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 
+from sidecar import startup
 from sidecar.accounting import metrics
-from sidecar.settings import Settings, SettingsError, is_loopback
+from sidecar.core.config import ConfigError
+from sidecar.settings import Settings, SettingsError
+
+try:  # a bad setting is one clear line, not gunicorn's traceback around it
+    _settings = Settings.from_env()
+except (SettingsError, ConfigError) as error:
+    startup.refuse(error)
 
 # Metrics are written per worker into this directory and merged on scrape; it must exist in the
 # environment before any worker starts (prometheus_client reads it at import). A directory the
 # sidecar made for itself is removed at exit; an operator's own is emptied of stale files.
 _metrics_dir = metrics.prepare_multiproc_dir(os.environ)
-_settings = Settings.from_env()
 
-# Where to listen: loopback by default; the Procfile passes --bind 0.0.0.0:$PORT.
+# Where to listen: loopback by default; the Procfile serves with --host 0.0.0.0 (and PORT).
 bind = [f"{_settings.host}:{_settings.port}"]
 
 # gevent: each open stream is a greenlet, not a thread or a process, so one worker holds
@@ -72,16 +79,15 @@ preload_app = False
 
 
 def on_starting(server) -> None:
-    """Refuse to serve beyond loopback without a master key (an open proxy spends your money)."""
-    if _settings.master_key:
-        return
-    for address in server.cfg.bind:
-        host = address.rsplit(":", 1)[0] if ":" in address else address
-        if not address.startswith("unix:") and not is_loopback(host):
-            raise SettingsError(
-                f"refusing to listen on {address} without a master key: set SIDECAR_MASTER_KEY "
-                "(or general_settings.master_key in the config), or bind to 127.0.0.1"
-            )
+    """In the master, once: refuse settings that cannot work (an open proxy beyond loopback spends your
+    money), migrate the store before any worker opens it, then say what is running."""
+    try:
+        startup.check(_settings, server.cfg.bind)
+        startup.migrate()
+    except startup.StartupError as error:
+        metrics.remove_multiproc_dir(_metrics_dir)
+        startup.refuse(error)
+    print(startup.summary(_settings, server.cfg.bind, server.cfg.workers), file=sys.stderr, flush=True)
 
 
 def worker_exit(server, worker) -> None:

@@ -9,10 +9,12 @@ import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SPEC = ROOT / "openapi.yaml"
-DEFAULT_CONTRACTS = ROOT / "contracts"
+from . import shipped
+
+DEFAULT_SPEC = shipped.path("openapi.yaml")
+DEFAULT_CONTRACTS = shipped.path("contracts")
 
 
 def is_loopback(host: str) -> bool:
@@ -58,11 +60,22 @@ def _env_bool(env, name: str, default: bool) -> bool:
     return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _upstream_base(env) -> str:
+    """MISTRAL_API_BASE, checked here so that a typo stops start-up instead of failing every call."""
+    raw = (env.get("MISTRAL_API_BASE") or Settings.mistral_api_base).strip().rstrip("/")
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"MISTRAL_API_BASE must be an http(s) URL with a host, such as "
+                            f"https://api.mistral.ai, got {raw!r}")
+    return raw
+
+
 def _from_config(values: dict, env) -> dict:
     """Load config.yaml; its master key and database URL apply where the environment sets none."""
     from sidecar.core.config import load  # settings stays importable without yaml parsing at import time
 
-    config = load(values["config_path"], env)
+    # Upstream keys are needed only where calls go upstream: replay answers from files.
+    config = load(values["config_path"], env, upstream_keys=values["upstream_mode"] != "replay")
     return {"config": config, "master_key": values["master_key"] or config.master_key,
             "database_url": values["database_url"] or config.database_url}
 
@@ -118,10 +131,11 @@ class Settings:
         if mode not in ("real", "replay", "record"):
             raise SettingsError(f"MISTRAL_UPSTREAM must be real, replay or record, got {mode!r}")
         values = dict(
-            mistral_api_base=(env.get("MISTRAL_API_BASE") or cls.mistral_api_base).rstrip("/"),
+            mistral_api_base=_upstream_base(env),
             mistral_api_key=env.get("MISTRAL_API_KEY") or None,
             mistral_admin_api_key=env.get("MISTRAL_ADMIN_API_KEY") or None,
-            master_key=env.get("SIDECAR_MASTER_KEY") or None,
+            # LiteLLM's variable, so a LiteLLM deployment's environment keeps its key; ours wins when both are set.
+            master_key=env.get("SIDECAR_MASTER_KEY") or env.get("LITELLM_MASTER_KEY") or None,
             host=env.get("SIDECAR_HOST") or cls.host,
             port=_env_int(env, "PORT", cls.port),
             spec_path=Path(env.get("SIDECAR_SPEC") or DEFAULT_SPEC),

@@ -3,12 +3,14 @@
 Pure (no Flask, no requests). ``load(path, env)`` takes the environment as a mapping so that
 ``settings.py`` stays the only reader of ``os.environ``. Values written ``os.environ/NAME`` are
 filled from that mapping and treated as secrets: they never appear in reprs, warnings or errors.
-Unknown keys are warned about (LiteLLM configs carry many we do not need), never fatal.
+Unknown keys are warned about (LiteLLM configs carry many we do not need), never fatal: the warnings are
+collected in ``Config.warnings`` for the start-up summary to print once, not logged by every worker that loads
+the file. Upstream keys are needed only when calls go upstream, so ``upstream_keys=False`` (replay mode) lets
+their ``os.environ/NAME`` be unset.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +20,6 @@ from urllib.parse import urlsplit
 
 import yaml
 
-log = logging.getLogger("sidecar.core.config")
 ENV_REF = re.compile(r"os\.environ/([A-Za-z_][A-Za-z0-9_]*)")
 
 # provider prefix of litellm_params.model -> (default api_base or None for the sidecar's default, key variable)
@@ -90,9 +91,10 @@ class Config:
 class _Reader:
     """Walks the parsed YAML, collecting warnings and secrets; every error names file and key."""
 
-    def __init__(self, path: Path, env: Mapping[str, str]):
+    def __init__(self, path: Path, env: Mapping[str, str], upstream_keys: bool = True):
         self.path = path
         self.env = env
+        self.upstream_keys = upstream_keys
         self.warnings: list[str] = []
         self.secrets: set[str] = set()
 
@@ -102,9 +104,7 @@ class _Reader:
     def warn_unknown(self, node: Mapping, known: frozenset[str], where: str) -> None:
         for key in node:
             if key not in known:
-                message = f"{self.path}: {where}{key}: unknown key, ignored"
-                self.warnings.append(message)
-                log.warning(message)
+                self.warnings.append(f"{self.path}: {where}{key}: unknown key, ignored")
 
     def mapping(self, node, key: str) -> Mapping:
         if node is None:
@@ -113,20 +113,24 @@ class _Reader:
             raise self.fail(key, f"must be a mapping, got {type(node).__name__}")
         return node
 
-    def string(self, node, key: str, *, required: bool = False, secret: bool = False) -> str | None:
+    def string(self, node, key: str, *, required: bool = False, secret: bool = False,
+               upstream: bool = False) -> str | None:
         if node is None:
             if required:
                 raise self.fail(key, "is required")
             return None
         if isinstance(node, bool) or not isinstance(node, (str, int, float)):
             raise self.fail(key, f"must be a string, got {type(node).__name__}")
-        return self.substitute(str(node), key, secret=secret)
+        return self.substitute(str(node), key, secret=secret, upstream=upstream)
 
-    def substitute(self, value: str, key: str, *, secret: bool = False) -> str:
-        """Fill ``os.environ/NAME`` references; what they bring in is a secret."""
+    def substitute(self, value: str, key: str, *, secret: bool = False, upstream: bool = False) -> str:
+        """Fill ``os.environ/NAME`` references; what they bring in is a secret. An unset upstream credential
+        is an error only when calls go upstream (``upstream_keys``); otherwise it stays empty."""
         def fill(match: re.Match) -> str:
             name = match.group(1)
             found = self.env.get(name)
+            if found in (None, "") and upstream and not self.upstream_keys:
+                return ""
             if found in (None, ""):
                 raise self.fail(key, f"environment variable {name} is not set")
             self.secrets.add(found)
@@ -182,11 +186,15 @@ def _model(reader: _Reader, node, index: int) -> ModelEntry:
         raise reader.fail(f"{where}.litellm_params.model",
                           f"provider '{provider}' is not served here (use one of {', '.join(PROVIDERS)})")
     default_base, key_variable = PROVIDERS[provider]
-    api_key = reader.string(params.get("api_key"), f"{where}.litellm_params.api_key", secret=True)
-    if api_key is None and default_base is not None:
+    api_key = reader.string(params.get("api_key"), f"{where}.litellm_params.api_key", secret=True,
+                            upstream=True) or None
+    if params.get("api_key") is None and default_base is not None:
         api_key = reader.env.get(key_variable) or None
         if api_key:
             reader.secrets.add(api_key)
+        elif reader.upstream_keys:
+            reader.warnings.append(f"{reader.path}: {where}.litellm_params.api_key: not set and {key_variable} is "
+                                   f"not set either: calls to {alias!r} will reach {default_base} without a key")
     base = reader.url(params.get("api_base"), f"{where}.litellm_params.api_base") or default_base
     prices = _prices(reader, (params, f"{where}.litellm_params"), (info, f"{where}.model_info"))
     return ModelEntry(alias, provider, name, api_key, base, MappingProxyType(prices))
@@ -201,7 +209,8 @@ def _pass_through(reader: _Reader, node, index: int) -> PassThroughEndpoint:
         raise reader.fail(f"{where}.path", "must be a plain absolute path such as /mistral/v1/ocr")
     target = reader.url(node.get("target"), f"{where}.target", required=True)
     headers = reader.mapping(node.get("headers"), f"{where}.headers")
-    pairs = tuple((str(name), reader.string(value, f"{where}.headers.{name}", required=True, secret=True))
+    pairs = tuple((str(name), reader.string(value, f"{where}.headers.{name}", required=True, secret=True,
+                                            upstream=True))
                   for name, value in headers.items())
     return PassThroughEndpoint(
         path=path.rstrip("/") or "/",
@@ -213,7 +222,7 @@ def _pass_through(reader: _Reader, node, index: int) -> PassThroughEndpoint:
     )
 
 
-def load(path: Path | str, env: Mapping[str, str]) -> Config:
+def load(path: Path | str, env: Mapping[str, str], *, upstream_keys: bool = True) -> Config:
     """Read and check ``path``; raises ``ConfigError`` naming the file, the key and the problem."""
     path = Path(path)
     try:
@@ -226,11 +235,11 @@ def load(path: Path | str, env: Mapping[str, str]) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
-    return parse(document, path, env)
+    return parse(document, path, env, upstream_keys=upstream_keys)
 
 
-def parse(document, path: Path, env: Mapping[str, str]) -> Config:
-    reader = _Reader(path, env)
+def parse(document, path: Path, env: Mapping[str, str], *, upstream_keys: bool = True) -> Config:
+    reader = _Reader(path, env, upstream_keys)
     root = reader.mapping(document, "(top level)")
     reader.warn_unknown(root, TOP_KEYS, "")
     extra_env = reader.mapping(root.get("environment_variables"), "environment_variables")

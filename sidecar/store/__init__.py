@@ -26,6 +26,10 @@ __all__ = ["tables", "database_url", "make_engine", "migrate", "current_revision
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK = 0x6D73_6964  # pg_advisory_lock id shared by every `migrate` run
 log = logging.getLogger("sidecar.store")
+# Alembic narrates each step at INFO ("Context impl SQLiteImpl", "Running upgrade"); the sidecar's own INFO
+# logging would print that on every start. An operator who sets the alembic logger's level keeps theirs.
+if logging.getLogger("alembic").level == logging.NOTSET:
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 class StoreError(RuntimeError):

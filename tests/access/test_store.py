@@ -8,13 +8,12 @@ import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
 
-from sidecar import cli, gunicorn_conf, store
-from sidecar.settings import Settings, SettingsError
+from sidecar import cli, store
+from sidecar.settings import Settings
 
 from ..databases import postgres_schema
 
@@ -94,17 +93,3 @@ def test_keys_cli_uses_the_same_store_as_the_api(tmp_path, monkeypatch, capsys, 
     assert cli.main(["keys", "revoke", created["key"]]) == 1
     assert cli.main(["keys", "create", "--duration", "forever"]) == 2
     assert "duration must look like" in capsys.readouterr().err
-
-
-def _server(*binds):
-    return SimpleNamespace(cfg=SimpleNamespace(bind=list(binds)))
-
-
-def test_without_a_master_key_gunicorn_refuses_to_listen_beyond_loopback(monkeypatch):
-    monkeypatch.setattr(gunicorn_conf, "_settings", Settings(master_key=None))
-    gunicorn_conf.on_starting(_server("127.0.0.1:4000", "[::1]:4000", "localhost:4000", "unix:/tmp/s.sock"))
-    for public in ("0.0.0.0:4000", "[::]:4000", "10.0.0.7:4000"):
-        with pytest.raises(SettingsError, match="without a master key"):
-            gunicorn_conf.on_starting(_server("127.0.0.1:4000", public))
-    monkeypatch.setattr(gunicorn_conf, "_settings", Settings(master_key="sk-m"))
-    gunicorn_conf.on_starting(_server("0.0.0.0:4000"))

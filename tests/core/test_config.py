@@ -45,11 +45,33 @@ def test_codestral_gets_its_own_endpoint_key_and_prices():
 
 
 def test_unknown_keys_warn_instead_of_crashing(caplog):
-    with caplog.at_level(logging.WARNING, logger="sidecar.core.config"):
+    with caplog.at_level(logging.DEBUG):
         config = load(CONFIGS / "codestral.yaml", ENV)
     assert any("general_settings.alerting: unknown key" in w for w in config.warnings)
     assert any("litellm_settings" in w for w in config.warnings)
-    assert "alerting" in caplog.text
+    # Collected, not logged: every worker loads the file, and the start-up summary prints them once.
+    assert "alerting" not in caplog.text
+
+
+def test_upstream_keys_may_be_unset_in_replay_but_not_the_master_key(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("model_list:\n  - model_name: a\n    litellm_params: {model: mistral/x, api_key: os.environ/NOPE}\n"
+                    "general_settings:\n  master_key: os.environ/NOPE_MASTER\n  pass_through_endpoints:\n"
+                    "    - {path: /x, target: 'https://a', headers: {Authorization: 'Bearer os.environ/NOPE'}}\n")
+    with pytest.raises(ConfigError, match="NOPE is not set"):
+        load(path, {"NOPE_MASTER": "sk-m"})
+    config = load(path, {"NOPE_MASTER": "sk-m"}, upstream_keys=False)
+    assert config.models[0].api_key is None and config.master_key == "sk-m"
+    with pytest.raises(ConfigError, match="NOPE_MASTER is not set"):
+        load(path, {}, upstream_keys=False)
+
+
+def test_a_codestral_model_without_any_key_is_warned_about_where_calls_go_upstream(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("model_list:\n  - model_name: code\n    litellm_params: {model: codestral/codestral-latest}\n")
+    assert any("CODESTRAL_API_KEY is not set" in w for w in load(path, {}).warnings)
+    assert load(path, {"CODESTRAL_API_KEY": "sk-c"}).warnings == ()
+    assert load(path, {}, upstream_keys=False).warnings == ()
 
 
 def test_pass_through_headers_fill_environment_references_inside_values():
