@@ -58,10 +58,14 @@ class Accountant:
         kind = usage_mod.kind_for(ex.operation_id)
         if kind == "none" or ex.status >= 400:
             return
-        try:
-            data = json.loads(content)
-        except (ValueError, RecursionError):  # relayed as is; an upstream's bad JSON is no sidecar 500
-            return
+        data = None
+        if len(content) > usage_mod.TAIL_READ_ABOVE and not self.log_bodies:
+            data = usage_mod.closing_fields(content)  # usage without parsing megabytes of vectors
+        if data is None:
+            try:
+                data = json.loads(content)
+            except (ValueError, RecursionError):  # relayed as is; an upstream's bad JSON is no sidecar 500
+                return
         if isinstance(data, dict):
             if self.log_bodies:
                 ex.response_json = data

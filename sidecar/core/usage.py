@@ -6,7 +6,9 @@ accounting runs after the answer is already on its way to the client.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass
 
 CHAT, FIM, AGENTS, EMBEDDINGS, OCR = "chat", "fim", "agents", "embeddings", "ocr"
@@ -45,6 +47,12 @@ DONE_EVENTS: dict[str, str] = {
 }
 
 _OCR_ANNOTATION_FIELDS = ("bbox_annotation_format", "document_annotation_format")
+
+# Answers above this size have their closing fields read from their last TAIL_WINDOW bytes.
+TAIL_READ_ABOVE = 64 * 1024
+TAIL_WINDOW = 64 * 1024
+# A key the readers use; in valid JSON a quote-delimited name followed by a colon is always a key.
+_TAIL_KEY = re.compile(rb'"(?:usage|usage_info|model)"\s*:')
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +142,34 @@ _BODY_READERS = {
     CHAT: _tokens, FIM: _tokens, AGENTS: _tokens, EMBEDDINGS: _tokens, CONVERSATION: _tokens,
     TRANSCRIPTION: _tokens, SPEECH: _speech, OCR: _ocr, CLASSIFICATION: _nothing, NONE: _nothing,
 }
+
+
+def closing_fields(content: bytes) -> dict | None:
+    """The top-level fields that close a JSON object (``..."model":"m","usage":{...}}``), parsed from
+    its last bytes only, or None when its end is not shaped so (then parse the whole answer).
+
+    An embeddings answer is megabytes of vectors followed by ``usage``: parsing it all to read three
+    counts cost ~40 ms and its size again in memory. Why the result is the top level's own: the
+    candidate text runs from a key to the document's last ``}``; it parses as one object only if
+    every bracket opened after the key closes before that ``}``, so the key sits in the object that
+    ``}`` closes, the outermost one. The earliest such key gives the most fields.
+    """
+    end = len(content)
+    while end and content[end - 1] in b" \t\r\n":  # not rstrip(): that copies megabytes
+        end -= 1
+    if end == 0 or content[end - 1:end] != b"}":
+        return None
+    tail = content[max(0, end - TAIL_WINDOW):end]
+    for match in list(_TAIL_KEY.finditer(tail))[-4:]:  # a few tries at most, earliest first
+        if tail[:match.start()].rstrip()[-1:] not in (b",", b"{"):
+            continue
+        try:
+            found = json.loads(b"{" + tail[match.start():])
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(found, dict):
+            return found
+    return None
 
 
 def from_body(kind: str, response_json: object, request_json: object = None) -> Usage:

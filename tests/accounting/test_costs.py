@@ -64,6 +64,12 @@ CASES = [
      {"id": "e", "object": "list", "model": "mistral-embed", "data": [],
       "usage": {"prompt_tokens": 1000, "completion_tokens": 0, "total_tokens": 1000}},
      {"prompt_tokens": 1000, "completion_tokens": 0}, 1000 * 0.1 / M),
+    # Megabytes of vectors: usage is read from the answer's closing fields, not a parse of it all.
+    ("embeddings-large", "POST", "/v1/embeddings", {"model": "mistral-embed", "input": ["a"] * 64},
+     {"id": "e", "object": "list", "data": [{"object": "embedding", "embedding": [-0.0123456] * 1024, "index": i}
+                                            for i in range(64)],
+      "model": "mistral-embed", "usage": {"prompt_tokens": 4096, "completion_tokens": 0, "total_tokens": 4096}},
+     {"prompt_tokens": 4096, "completion_tokens": 0}, 4096 * 0.1 / M),
     ("ocr", "POST", "/v1/ocr", OCR_REQUEST, OCR_ANSWER, {"pages": 3}, 3 * 4.0 / 1000),
     ("ocr-annotated", "POST", "/v1/ocr",
      dict(OCR_REQUEST, document_annotation_format={"type": "json_schema", "json_schema": {
@@ -115,6 +121,8 @@ def test_every_operation_is_priced_from_the_table(app, client, fake, case):
     response = call(client, method, path, request)
     body = response.get_data()
     assert response.status_code == 200, body
+    if not isinstance(answer, list):
+        assert json.loads(body) == answer  # relayed whole, whatever accounting read of it
     (row,) = spend_rows(app)
     assert row["cost"] == pytest.approx(cost, rel=1e-9, abs=1e-12)
     assert row["cost"] is not None

@@ -10,7 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.core.usage import KINDS, OPERATION_KINDS, Usage, from_body, from_event, from_request, kind_for
+from sidecar.core.usage import (
+    KINDS,
+    OPERATION_KINDS,
+    TAIL_WINDOW,
+    Usage,
+    closing_fields,
+    from_body,
+    from_event,
+    from_request,
+    kind_for,
+)
 
 SPEC = Path(__file__).resolve().parents[3] / "shared" / "reference" / "mistral-openapi.yaml"
 
@@ -145,3 +155,43 @@ def test_every_mapped_operation_id_exists_in_mistrals_spec():
     ids = set(re.findall(r"operationId:\s*['\"]?([\w.-]+)", SPEC.read_text(encoding="utf-8")))
     assert len(ids) > 200
     assert set(OPERATION_KINDS) <= ids
+
+
+# -- the closing fields of a large answer, read from its tail ------------------------------------------
+def _embeddings_answer(rows: int, indent=None) -> bytes:
+    body = {"id": "e", "object": "list",
+            "data": [{"object": "embedding", "embedding": [0.012345] * 1024, "index": i} for i in range(rows)],
+            "model": "mistral-embed", "usage": {"prompt_tokens": 7 * rows, "completion_tokens": 0,
+                                                "total_tokens": 7 * rows}}
+    return json.dumps(body, indent=indent).encode() + b"\n"
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_closing_fields_of_a_large_embeddings_answer_equal_a_full_parse(indent):
+    content = _embeddings_answer(64, indent)
+    assert len(content) > TAIL_WINDOW  # the vectors lie outside the window read
+    fields = closing_fields(content)
+    assert fields == {"model": "mistral-embed", "usage": {"prompt_tokens": 448, "completion_tokens": 0,
+                                                          "total_tokens": 448}}
+    assert from_body("embeddings", fields) == from_body("embeddings", json.loads(content))
+
+
+def test_closing_fields_of_ocr_read_usage_info():
+    pages = [{"index": i, "markdown": "x" * 2000, "images": [], "dimensions": None} for i in range(100)]
+    content = json.dumps({**OCR_BODY, "pages": pages, "usage_info": {"pages_processed": 100}}).encode()
+    assert from_body("ocr", closing_fields(content)) == Usage(pages=100, model="mistral-ocr-latest")
+
+
+@pytest.mark.parametrize("content", [
+    # usage inside the last element, not at the top: the top level has none, so parse it all
+    b'{"data": [' + b'1,' * 40000 + b'{"usage": {"total_tokens": 9}}]}',
+    b'{"data": [{"usage": {"total_tokens": 9}, "x": 1}]}',
+    # a "usage" that is a string value, or text inside a string, is no key
+    b'{"data": "' + b'a' * 70000 + b'", "object": "usage"}',
+    b'{"text": "he said \\"usage\\": {\\"total_tokens\\": 9}"}',
+    b'{"usage": {"total_tokens": 9}',  # cut short
+    b'[{"usage": {"total_tokens": 9}}]',
+    b'',
+])
+def test_closing_fields_refuse_what_is_not_the_top_level(content):
+    assert closing_fields(content) is None
