@@ -227,3 +227,28 @@ def litellm(stack: contextlib.ExitStack, direct: str, tmp: Path, notes: list[str
     notes.append(f"litellm {version}: its Mistral pass-through (/mistral/...), master key, no database, 2 workers (--run_gunicorn)")
     return Side("litellm", f"http://127.0.0.1:{port}", proc.pid, {"Authorization": f"Bearer {MASTER}"},
                 prefix="/mistral", startup_s=up, forwards_fake_headers=False)
+
+
+@contextlib.contextmanager
+def otlp_sink():
+    """A loopback OTLP/HTTP endpoint that accepts and drops what it is sent (a collector that keeps up)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the http.server name
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -237,6 +237,14 @@ def run(args) -> dict:
         sidecar.headers["Authorization"] = f"Bearer {virtual_key(sidecar_url)}"
         notes.append("sidecar: a virtual key, cost accounting on, 2 gevent workers")
         sides = [Side("direct", direct, fake.pid), peers.floor(stack, direct, tmp), sidecar]
+        if args.otel:  # the same sidecar with OpenTelemetry on: its cost per request is the difference
+            sink = stack.enter_context(peers.otlp_sink())
+            otel_env = {**env, "SIDECAR_DB_PATH": str(tmp / "sidecar-otel.db"), "OTEL_EXPORTER_OTLP_ENDPOINT": sink}
+            otel_url, otel_proc = stack.enter_context(gunicorn_sidecar(otel_env, workers=2, log_path=tmp / "otel.log"))
+            traced = Side("sidecar+otel", otel_url, otel_proc.pid)
+            traced.headers["Authorization"] = f"Bearer {virtual_key(otel_url)}"
+            sides.append(traced)
+            notes.append(f"sidecar+otel: the sidecar with spans and GenAI metrics exported over OTLP/HTTP to {sink}")
         if not args.no_portkey:
             sides.append(peers.portkey(stack, direct, tmp, notes))
         if not args.no_litellm:
@@ -305,6 +313,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(BENCH / "results" / "latest.json"))
     parser.add_argument("--soak", type=float, default=0, metavar="SECONDS", help="add a mixed-traffic soak")
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--otel", action="store_true", help="add the sidecar with OpenTelemetry on (a local OTLP sink)")
     parser.add_argument("--no-portkey", action="store_true")
     parser.add_argument("--loadgen-cpu", type=int, default=0, help="the core the load generator is pinned to")
     parser.add_argument("--json-only", action="store_true", help="print only the final table")

@@ -14,6 +14,7 @@ from sidecar.access.auth import Authenticator
 from sidecar.access.keys import KeyStore
 from sidecar.access.limits import Limits, counters_for
 from sidecar.accounting import metrics
+from sidecar.accounting import telemetry as observability
 from sidecar.accounting.accountant import Accountant
 from sidecar.accounting.spend import SpendLog
 from sidecar.clock import SYSTEM, Clock
@@ -58,9 +59,11 @@ def _price_table(settings: Settings) -> PriceTable:
     return _prices().with_routes(routes).with_overrides(config.model_prices)
 
 
-def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock | None = None) -> Flask:
+def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock | None = None,
+               telemetry=None) -> Flask:
     """Build the WSGI app; ``adapter`` replaces the upstream transport (tests, replay, record), ``clock``
-    the system clock (tests move time with a ``FakeClock``): every part of the app reads time from it."""
+    the system clock (tests move time with a ``FakeClock``): every part of the app reads time from it.
+    ``telemetry`` replaces the OpenTelemetry set up from the settings (tests give in-memory exporters)."""
     settings = settings or Settings.from_env()
     clock = clock or SYSTEM
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -80,7 +83,8 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
         authenticator=Authenticator(settings.master_key, keys=keys),
         accountant=Accountant(prices=prices, limits=limits, sinks=[limits.record, spend_log.record],
                               metrics=metrics.Metrics(settings.metrics_dir, known_models=prices.names()),
-                              spend=spend_log, log_bodies=settings.log_bodies, clock=clock),
+                              spend=spend_log, log_bodies=settings.log_bodies, clock=clock,
+                              telemetry=telemetry or observability.for_settings(settings)),
         handlers=handlers,
         clock=clock,
         readiness=health.Readiness(),
@@ -88,6 +92,7 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
     _SHUTDOWN.append(pipeline.upstream.close)
     _SHUTDOWN.append(spend_log.close)  # before the engine goes: it writes the last spend records
     _SHUTDOWN.append(engine.dispose)
+    _SHUTDOWN.append(observability.flush)  # the last spans, once the last requests have finished
     app = Flask("sidecar")
     app.config["MAX_CONTENT_LENGTH"] = None
     app.extensions["sidecar"] = pipeline

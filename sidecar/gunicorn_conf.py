@@ -90,6 +90,11 @@ def on_starting(server) -> None:
     print(startup.summary(_settings, server.cfg.bind, server.cfg.workers), file=sys.stderr, flush=True)
 
 
+# OpenTelemetry's exporters (accounting/telemetry.py) start in each worker when it builds its app: after
+# the fork, like a post_fork hook, but also after gevent has patched the worker (post_fork runs before the
+# patch, and an exporter thread started there would hold unpatched locks and sockets).
+
+
 def worker_exit(server, worker) -> None:
     """Flush what accounting still holds before the worker goes (recycling or SIGTERM)."""
     from sidecar import shutdown_hooks

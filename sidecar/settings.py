@@ -80,6 +80,15 @@ def _from_config(values: dict, env) -> dict:
             "database_url": values["database_url"] or config.database_url}
 
 
+def _otel(env) -> dict:
+    """The OTLP/HTTP endpoints by the OpenTelemetry variables: a signal's own URL as given, else the base + /v1/<signal>."""
+    base = (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "").strip().rstrip("/")
+    traces = (env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or "").strip() or (f"{base}/v1/traces" if base else None)
+    metrics = (env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or "").strip() or (f"{base}/v1/metrics" if base else None)
+    return {"otel_traces_endpoint": traces, "otel_metrics_endpoint": metrics,
+            "otel_service_name": (env.get("OTEL_SERVICE_NAME") or "").strip() or "mistral-sidecar"}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the sidecar needs to know, resolved once at start-up."""
@@ -122,6 +131,10 @@ class Settings:
     total_timeout: float = 600.0
     stream_idle_timeout: float = 300.0
     allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback names and the bound address
+    # OpenTelemetry (accounting/telemetry.py): on when a traces endpoint is known; the exporters get these URLs.
+    otel_traces_endpoint: str | None = None
+    otel_metrics_endpoint: str | None = None
+    otel_service_name: str = "mistral-sidecar"
 
     @classmethod
     def from_env(cls, env=None, **overrides) -> Settings:
@@ -167,6 +180,7 @@ class Settings:
             allowed_hosts=tuple(h.strip().lower() for h in (env.get("SIDECAR_ALLOWED_HOSTS") or "").split(",")
                                 if h.strip()),
         )
+        values.update(_otel(env))
         values.update(
             retries=max(0, _env_int(env, "SIDECAR_RETRIES", cls.retries)),
             retry_backoff=max(0.0, _env_float(env, "SIDECAR_RETRY_BACKOFF", cls.retry_backoff)),

@@ -27,8 +27,9 @@ class Accountant:
     """Meters, prices and records exchanges; ``sinks`` receive each finished exchange."""
 
     def __init__(self, prices=None, limits=None, sinks=(), *, metrics=None,
-                 spend=None, log_bodies=False, clock: Clock = SYSTEM):
+                 spend=None, log_bodies=False, clock: Clock = SYSTEM, telemetry=None):
         self.prices = prices
+        self.telemetry = telemetry  # telemetry.Telemetry (OpenTelemetry spans and GenAI metrics), or None
         self.clock = clock
         self.limits = limits
         self.sinks = list(sinks)
@@ -36,6 +37,16 @@ class Accountant:
         self.spend = spend  # spend.SpendLog: the key's running spend for x-sidecar-key-spend
         self.log_bodies = log_bodies  # prompts and answers in the log line: off unless asked for
         self._unpriced_warned: set[str] = set()
+
+    def begin(self, ex: Exchange, headers) -> None:
+        """A request arrived: its span starts here (continuing the caller's ``traceparent``), when tracing is on."""
+        if self.telemetry is not None:
+            self.telemetry.begin(ex, headers)
+
+    def trace_headers(self, ex: Exchange, headers: dict) -> None:
+        """Put this request's trace context in the headers going upstream (the caller's is replaced)."""
+        if ex.span is not None:
+            self.telemetry.inject(ex, headers)
 
     def admit(self, ex: Exchange):
         """Apply the caller's limits; returns the callable that releases what admission took."""
@@ -142,6 +153,11 @@ class Accountant:
                 sink(ex)
             except Exception:  # a failing sink must not break the response; it is logged loudly
                 log.exception("spend sink %r failed for request %s", sink, ex.request_id)
+        if self.telemetry is not None:
+            try:
+                self.telemetry.end(ex)
+            except Exception:  # like a sink: telemetry must never break an answer, and says so when it fails
+                log.exception("telemetry failed for request %s", ex.request_id)
 
     def log_line(self, ex: Exchange) -> dict:
         """The access-log record: what happened and what it cost, never a key, a prompt or an answer.

@@ -129,8 +129,8 @@ class Metrics:
                 completion_c.inc(usage.completion_tokens)
             if usage.pages or usage.audio_seconds or usage.characters:  # rare units: labels resolved when used
                 self._units(ex.operation_id, model, usage)
-        if ex.estimated:
-            self.estimated.labels(ex.operation_id, model).inc()
+            if usage.estimated:
+                self.estimated.labels(ex.operation_id, model).inc()
         if ex.cost:
             cost_c.inc(ex.cost)
         elif ex.cost is None and usage is not None and ex.status < 400:

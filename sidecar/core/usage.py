@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 CHAT, FIM, AGENTS, EMBEDDINGS, OCR = "chat", "fim", "agents", "embeddings", "ocr"
 TRANSCRIPTION, SPEECH, CONVERSATION = "transcription", "speech", "conversation"
@@ -69,6 +69,8 @@ class Usage:
     model: str | None = None
     cached_tokens: int = 0  # of prompt_tokens, served from Mistral's prompt cache
     estimated: bool = False  # counted by the sidecar (a cut stream), not reported by Mistral
+    # Each choice's finish_reason where the answer gives them (telemetry); not consumption, so not compared.
+    finish_reasons: tuple[str, ...] = field(default=(), compare=False)
 
 
 def kind_for(operation_id: str) -> str:
@@ -117,7 +119,15 @@ def _tokens(body: dict, request_json: object = None, characters: int = 0) -> Usa
         audio_seconds=_seconds(info.get("prompt_audio_seconds")),
         characters=characters,
         model=_model(body),
+        finish_reasons=_finish_reasons(body),
     )
+
+
+def _finish_reasons(body: dict) -> tuple[str, ...]:
+    choices = body.get("choices")
+    if not isinstance(choices, list):
+        return ()
+    return tuple(c["finish_reason"] for c in choices if isinstance(c, dict) and isinstance(c.get("finish_reason"), str))
 
 
 def _ocr(body: dict, request_json: object) -> Usage:

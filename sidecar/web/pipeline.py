@@ -114,9 +114,11 @@ class Pipeline:
             return self.refuse(ex, error)
 
     def exchange(self, headers, operation_id: str, method: str, route: str) -> Exchange:
-        """A new exchange, timed from now by the app's clock."""
-        return Exchange(_request_id(headers), operation_id, method, route,
-                        started=self.clock.monotonic(), wall_time=self.clock.wall())
+        """A new exchange, timed from now by the app's clock (and traced from now, when tracing is on)."""
+        ex = Exchange(_request_id(headers), operation_id, method, route,
+                      started=self.clock.monotonic(), wall_time=self.clock.wall())
+        self.accountant.begin(ex, headers)
+        return ex
 
     def refuse(self, ex: Exchange, error) -> Response:
         payload, status, headers = render(error)
@@ -190,6 +192,7 @@ class Pipeline:
                 body.json["model"], body.raw = upstream_model, None
         path = op.path.format(**{k: _segment(k, v) for k, v in path_params.items()})
         headers = self._upstream_headers(op, target, body, req.headers)
+        self.accountant.trace_headers(ex, headers)
         sent = self.clock.monotonic()
         upstream = self.upstream.send(target, op.method, path, req.query_string.decode("latin-1"),
                                       headers, self._payload(body))

@@ -108,10 +108,11 @@ def test_ocr_pages_audio_seconds_and_tts_characters_are_counted(client, fake):
 
 def test_estimated_costs_and_deployments_are_counted(app):
     from sidecar.core.exchange import Exchange
+    from sidecar.core.usage import Usage
 
     m = app.extensions["sidecar"].accountant.metrics
     ex = Exchange("r1", "chat_completion_v1_chat_completions_post", "POST", "/v1/chat/completions",
-                  model="mistral-small-latest", status=200, estimated=True, cost=0.001)
+                  model="mistral-small-latest", status=200, usage=Usage(completion_tokens=3, estimated=True), cost=0.001)
     m.observe(ex, 0.1)
     m.deployment_attempt("eu-west", "ok")
     m.deployment_attempt("eu-west", "retry")
@@ -121,3 +122,23 @@ def test_estimated_costs_and_deployments_are_counted(app):
                  model="mistral-small-latest") == 1
     assert value(found, "sidecar_deployment_attempts_total", deployment="eu-west", outcome="retry") == 1
     assert value(found, "sidecar_deployment_cooldowns_total", deployment="eu-west") == 1
+
+
+def test_the_grafana_dashboard_reads_only_metrics_the_sidecar_exposes(app):
+    """docs/grafana-dashboard.json cannot drift from /metrics: every series it queries is one we define."""
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    queried = {name for panel in dashboard["panels"] for target in panel["targets"]
+               for name in re.findall(r"\bsidecar_[a-z_]+", target["expr"])}
+    registry = app.extensions["sidecar"].accountant.metrics.registry
+    exposed = set()
+    for family in registry.collect():
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}.get(family.type, ("",))
+        exposed.update(family.name + s for s in suffixes)
+    assert queried and queried <= exposed, queried - exposed
+    for new in ("sidecar_ocr_pages_total", "sidecar_audio_seconds_total", "sidecar_tts_characters_total",
+                "sidecar_estimated_cost_records_total", "sidecar_deployment_attempts_total"):
+        assert new in queried
