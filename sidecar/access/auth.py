@@ -7,36 +7,9 @@ when one is configured; without a store only the master key (or nothing, on loop
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass, field
-from typing import Literal
 
 from sidecar.core.errors import Forbidden, Unauthorized
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """The authenticated party behind a request."""
-
-    kind: Literal["master", "virtual", "open"]  # "open": no master key set (loopback), anyone may call
-    key_hash: str | None = None
-    alias: str | None = None
-    models: tuple[str, ...] = ()  # empty: every model
-    user_id: str | None = None
-    limits: dict = field(default_factory=dict, compare=False)
-    metadata: dict = field(default_factory=dict, compare=False)
-
-    @property
-    def is_master(self) -> bool:
-        return self.kind in ("master", "open")
-
-    @property
-    def is_virtual(self) -> bool:
-        """A virtual key: the only kind of caller with limits, spend and a budget."""
-        return self.kind == "virtual"
-
-    def allows(self, model: str | None) -> bool:
-        return not self.models or model is None or model in self.models
-
+from sidecar.core.exchange import Caller
 
 OPEN = Caller("open")
 MASTER = Caller("master", alias="master")

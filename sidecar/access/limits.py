@@ -43,7 +43,7 @@ class Limits:
 
     def admit(self, ex):
         caller = ex.caller
-        limits = getattr(caller, "limits", None)
+        limits = caller.limits if caller is not None else None
         if not limits or ex.operation_id in self.exempt:
             return _no_release
         self._check_budget(limits, caller.key_hash)
@@ -76,14 +76,12 @@ class Limits:
 
     def record(self, ex) -> None:
         """Accountant sink: count a finished exchange's tokens toward its key's tpm window."""
-        limits = getattr(ex.caller, "limits", None)
-        if not limits or limits.get("tpm_limit") is None or ex.usage is None:
+        caller, usage = ex.caller, ex.usage
+        if caller is None or usage is None or not caller.limits or caller.limits.get("tpm_limit") is None:
             return
-        usage = ex.usage
-        tokens = getattr(usage, "total_tokens", 0) or (
-            (getattr(usage, "prompt_tokens", 0) or 0) + (getattr(usage, "completion_tokens", 0) or 0))
+        tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
         if tokens:
-            self.counters.add(f"tpm:{ex.caller.key_hash}", int(tokens), WINDOW)
+            self.counters.add(f"tpm:{caller.key_hash}", int(tokens), WINDOW)
 
     def _check_budget(self, limits: dict, key_hash: str) -> None:
         budget = limits.get("max_budget")

@@ -86,7 +86,7 @@ class Accountant:
         ex.usage = usage
         if usage is None or self.prices is None:
             return
-        model = ex.model or getattr(usage, "model", None) or _requested_model(ex.request_json)
+        model = ex.model or usage.model or _requested_model(ex.request_json)
         ex.model = model  # agents and conversations may name no model in a field the spec declares
         ex.cost = self.prices.cost(model, usage)
         if ex.cost is None and model not in self._unpriced_warned:
@@ -165,19 +165,17 @@ class Accountant:
         The key appears as its alias (a name an operator chose) and the first 12 hex digits of its
         sha256, enough to find it in ``/key/list`` and useless to anyone else.
         """
-        u = ex.usage
-        caller = ex.caller
-        key_hash = getattr(caller, "key_hash", None)
+        key_hash = ex.key_hash
+        counts = usage_mod.counts(ex.usage)
+        for unit in ("pages", "audio_seconds", "characters"):  # shown only where the operation bills them
+            counts[unit] = counts[unit] or None
         return {
             "ts": round(self.clock.wall(), 3), "request_id": ex.request_id, "method": ex.method, "route": ex.route,
             "operation": ex.operation_id, "status": ex.status, "latency_ms": round(ex.latency * 1000, 2),
             "upstream_ms": round(ex.upstream_latency * 1000, 2) if ex.upstream_latency is not None else None,
-            "model": ex.model, "stream": ex.stream, "key_alias": getattr(caller, "alias", None),
+            "model": ex.model, "stream": ex.stream, "key_alias": ex.key_alias,
             "key": key_hash[:12] if key_hash else None, "end_user": ex.end_user,
-            "prompt_tokens": getattr(u, "prompt_tokens", None), "completion_tokens": getattr(u, "completion_tokens", None),
-            "total_tokens": getattr(u, "total_tokens", None), "pages": getattr(u, "pages", None) or None,
-            "audio_seconds": getattr(u, "audio_seconds", None) or None, "characters": getattr(u, "characters", None) or None,
-            "cost": ex.cost, "error": ex.error,
+            **counts, "cost": ex.cost, "error": ex.error,
         }
 
 

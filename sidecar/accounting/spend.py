@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sidecar.access.keys import CACHE_MAX, parse_duration
 from sidecar.clock import SYSTEM, Clock
 from sidecar.core.errors import BadRequest
+from sidecar.core.usage import counts as usage_counts
 from sidecar.store.tables import keys as keys_table
 from sidecar.store.tables import spend_logs
 
@@ -43,15 +44,11 @@ GROUPS = ("key", "model", "end_user", "day", "day_model")
 
 def spend_record(ex) -> dict:
     """The ``spend_logs`` row of a finished exchange (no secret: the key appears only as its hash)."""
-    usage, caller = ex.usage, ex.caller
     return {
-        "ts": ex.wall_time, "request_id": ex.request_id,
-        "key_hash": getattr(caller, "key_hash", None), "key_alias": getattr(caller, "alias", None),
+        "ts": ex.wall_time, "request_id": ex.request_id, "key_hash": ex.key_hash, "key_alias": ex.key_alias,
         "end_user": ex.end_user, "model": _short(ex.model), "operation": ex.operation_id, "route": _short(ex.route, 512),
         "status": ex.status or 0,
-        "prompt_tokens": getattr(usage, "prompt_tokens", None), "completion_tokens": getattr(usage, "completion_tokens", None),
-        "total_tokens": getattr(usage, "total_tokens", None), "pages": getattr(usage, "pages", None),
-        "audio_seconds": getattr(usage, "audio_seconds", None), "characters": getattr(usage, "characters", None),
+        **usage_counts(ex.usage),
         "cost": ex.cost, "latency_ms": round(ex.latency * 1000, 3),
         "upstream_ms": round(ex.upstream_latency * 1000, 3) if ex.upstream_latency is not None else None,
         "streamed": bool(ex.stream), "error": _short(ex.error),

@@ -1,8 +1,39 @@
-"""``Exchange``: what the pipeline learns about one request, handed to accounting when it ends."""
+"""``Exchange``: what the pipeline learns about one request, handed to accounting when it ends;
+``Caller``: who sent it (set by access.auth)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sidecar.core.usage import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated party behind a request."""
+
+    kind: Literal["master", "virtual", "open"]  # "open": no master key set (loopback), anyone may call
+    key_hash: str | None = None
+    alias: str | None = None
+    models: tuple[str, ...] = ()  # empty: every model
+    user_id: str | None = None
+    limits: dict = field(default_factory=dict, compare=False)
+    metadata: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def is_master(self) -> bool:
+        return self.kind in ("master", "open")
+
+    @property
+    def is_virtual(self) -> bool:
+        """A virtual key: the only kind of caller with limits, spend and a budget."""
+        return self.kind == "virtual"
+
+    def allows(self, model: str | None) -> bool:
+        return not self.models or model is None or model in self.models
+
+
 
 
 @dataclass(slots=True)
@@ -13,14 +44,14 @@ class Exchange:
     route: str
     started: float = 0.0  # the clock's monotonic reading when the request arrived
     wall_time: float = 0.0  # the clock's wall reading then: the spend record's timestamp
-    caller: object = None
+    caller: Caller | None = None  # None: an operation without auth (health)
     model: str | None = None
     end_user: str | None = None
     stream: bool = False
     status: int = 0
     request_json: object = None
     upstream_latency: float | None = None
-    usage: object = None
+    usage: Usage | None = None
     cost: float | None = None
     error: str | None = None
     finished: bool = False
@@ -30,3 +61,11 @@ class Exchange:
     deployment: str | None = None  # the named upstream deployment that answered, where config names them
     span: object = None  # the request's OpenTelemetry span, when tracing is on (accounting.telemetry)
     latency: float = 0.0  # seconds from arrival to the last byte: set once, when accounting finishes
+
+    @property
+    def key_hash(self) -> str | None:
+        return self.caller.key_hash if self.caller is not None else None
+
+    @property
+    def key_alias(self) -> str | None:
+        return self.caller.alias if self.caller is not None else None

@@ -73,6 +73,16 @@ class Usage:
     finish_reasons: tuple[str, ...] = field(default=(), compare=False)
 
 
+def counts(usage: Usage | None) -> dict:
+    """The usage columns of a spend record and a log line, in their order; all None without usage."""
+    if usage is None:
+        return dict.fromkeys(("prompt_tokens", "completion_tokens", "total_tokens", "pages", "audio_seconds",
+                              "characters"))
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens, "pages": usage.pages, "audio_seconds": usage.audio_seconds,
+            "characters": usage.characters}
+
+
 def kind_for(operation_id: str) -> str:
     """The usage kind of a Mistral operation; unknown and free operations are ``"none"``."""
     return OPERATION_KINDS.get(operation_id, NONE)

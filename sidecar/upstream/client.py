@@ -10,6 +10,7 @@ per-call merging of settings, hooks and cookie jars cost about 200 us a request 
 from __future__ import annotations
 
 import random
+import re
 import select
 from email.utils import parsedate_to_datetime
 
@@ -23,7 +24,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from sidecar.clock import SYSTEM, Clock
-from sidecar.core.errors import UpstreamTimeout, UpstreamUnavailable
+from sidecar.core.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
 from sidecar.core.router import Target
 from sidecar.settings import Settings
 
@@ -35,14 +36,19 @@ HOP_BY_HOP = frozenset({
 DROP_OUTBOUND = HOP_BY_HOP | {"host", "authorization", "x-api-key", "content-length", "cookie", "accept-encoding"}
 DROP_INBOUND = HOP_BY_HOP | {"content-length", "content-encoding", "set-cookie", "server", "date"}
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_CONTROL = re.compile(r"[\r\n\x00]")  # never valid in a header value
 
 
 
 def outbound_headers(client_headers, target: Target, auth: str, drop: frozenset[str] = frozenset()) -> dict:
     """The client's headers (a mapping, or (name, value) pairs) minus hop-by-hop, client credentials
-    and sidecar-only ones (``drop`` in lower case), plus ours."""
+    and sidecar-only ones (``drop`` in lower case), plus ours; 400 for a value with CR, LF or NUL,
+    which would split the forwarded header."""
     headers = {}
-    pairs = client_headers.items() if hasattr(client_headers, "items") else client_headers
+    pairs = list(client_headers.items() if hasattr(client_headers, "items") else client_headers)
+    for name, value in pairs:
+        if _CONTROL.search(value):
+            raise BadRequest(f"Header '{name}' contains a CR, LF or NUL character.", code="invalid_header")
     for name, value in pairs:
         low = name.lower()
         if low in DROP_OUTBOUND or low in drop or low.startswith("x-sidecar-"):

@@ -42,12 +42,20 @@ class Body:
     json: object = None
     parts: frozenset[str] = frozenset()
     fields: dict | None = None  # small multipart text fields
+    edited: bool = False  # a step changed ``json``: forward it re-serialised, not the bytes as sent
+
+    def edit_json(self, name: str, value) -> None:
+        self.json[name] = value
+        self.edited = True
 
     @property
     def payload(self):
+        """What is forwarded: the spooled file, the bytes as the client sent them, or the edited JSON."""
         if self.file is not None:
             self.file.seek(0)
             return self.file
+        if self.edited:
+            return json.dumps(self.json).encode()
         return self.raw
 
     def close(self) -> None:
@@ -104,16 +112,28 @@ def _check_length(request, limit: int) -> None:
         raise PayloadTooLarge(f"Request body of {length} bytes exceeds the limit of {limit} bytes.")
 
 
+def read_bytes(request, limit: int) -> bytes:
+    """The whole body in memory, 413 past ``limit``.
+
+    With a length, read just that; without (chunked), read in chunks: ``read(limit + 1)`` on
+    werkzeug's LimitedStream allocates (and zeroes) a buffer of the whole limit, 32 MiB by default.
+    """
+    _check_length(request, limit)
+    length = request.content_length
+    if length is not None:
+        return read_some(request, length)
+    raw = bytearray()
+    while chunk := read_some(request, CHUNK):
+        raw += chunk
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+    return bytes(raw)
+
+
 def read_json(request, limit: int, required: bool) -> Body:
     """Read and parse a JSON body; malformed JSON is a 400, a missing required body a 422."""
-    _check_length(request, limit)
     mimetype = request.mimetype
-    length = request.content_length
-    # With a length, read just that: read(limit + 1) on werkzeug's LimitedStream allocates (and
-    # zeroes) a buffer of the whole limit, 32 MiB by default, on every request.
-    raw = read_some(request, length if length is not None else limit + 1)
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+    raw = read_bytes(request, limit)
     if not raw.strip():
         if required:
             raise InvalidRequest([{"loc": ["body"], "msg": "Field required", "type": "missing"}])
@@ -133,7 +153,7 @@ def read_json(request, limit: int, required: bool) -> Body:
         repaired = _without_trailing_commas(text)
         if repaired is None:
             raise BadRequest(f"Malformed JSON body: {_json_reason(exc)}", code="invalid_json") from None
-        return Body(raw=None, size=len(raw), json=repaired)  # re-serialised on forward
+        return Body(size=len(raw), json=repaired, edited=True)
 
 
 def _without_trailing_commas(text: str):
@@ -159,34 +179,65 @@ def _json_reason(exc: Exception) -> str:
     return "nesting too deep" if isinstance(exc, RecursionError) else "not JSON"
 
 
-def read_multipart(request, limit: int) -> Body:
-    """Spool a multipart body (memory up to 1 MiB, then disk) and note its part names."""
+def spool(request, limit: int, on_chunk=None) -> tuple[tempfile.SpooledTemporaryFile, int]:
+    """The body spooled (memory up to 1 MiB, then disk) within ``limit``, each chunk also given to
+    ``on_chunk``; returns the file and its size. The file is closed if anything fails."""
     _check_length(request, limit)
-    mimetype, options = parse_options_header(request.headers.get("Content-Type", ""))
-    boundary = options.get("boundary")
-    if mimetype != "multipart/form-data" or not boundary:
-        raise UnsupportedMediaType("Expected a multipart/form-data body with a boundary.")
-    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
-    decoder = MultipartDecoder(boundary.encode("latin-1"), max_form_memory_size=None)
-    scan = _PartScan()
+    file = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
     size = 0
     try:
         while chunk := read_some(request, CHUNK):
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"Upload exceeds the limit of {limit} bytes.")
-            spool.write(chunk)
-            decoder.receive_data(chunk)
-            scan.drain(decoder)
-        decoder.receive_data(None)
-        scan.drain(decoder)
-    except ValueError as exc:
-        spool.close()
-        raise BadRequest(f"Malformed multipart body: {exc}", code="invalid_multipart") from None
+                raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+            file.write(chunk)
+            if on_chunk is not None:
+                on_chunk(chunk)
     except BaseException:
-        spool.close()
+        file.close()
         raise
-    return Body(file=spool, size=size, parts=frozenset(scan.names), fields=scan.fields)
+    return file, size
+
+
+def read_multipart(request, limit: int) -> Body:
+    """Spool a multipart body and note its part names and small text fields."""
+    mimetype, options = parse_options_header(request.headers.get("Content-Type", ""))
+    boundary = options.get("boundary")
+    if mimetype != "multipart/form-data" or not boundary:
+        raise UnsupportedMediaType("Expected a multipart/form-data body with a boundary.")
+    decoder = MultipartDecoder(boundary.encode("latin-1"), max_form_memory_size=None)
+    scan = _PartScan()
+
+    def feed(chunk: bytes | None) -> None:
+        decoder.receive_data(chunk)
+        scan.drain(decoder)
+    try:
+        file, size = spool(request, limit, feed)
+    except ValueError as exc:
+        raise BadRequest(f"Malformed multipart body: {exc}", code="invalid_multipart") from None
+    try:
+        feed(None)
+    except ValueError as exc:
+        file.close()
+        raise BadRequest(f"Malformed multipart body: {exc}", code="invalid_multipart") from None
+    return Body(file=file, size=size, parts=frozenset(scan.names), fields=scan.fields)
+
+
+def read_unchecked(request, json_limit: int, upload_limit: int) -> Body:
+    """A pass-through body: JSON read whole (its model is accounted), parsed if it parses, else relayed
+    as sent; anything else spooled. Nothing is refused for its content: the target judges it."""
+    if request.mimetype and "json" in request.mimetype:
+        raw = read_bytes(request, json_limit)
+        try:
+            parsed = json.loads(raw) if raw.strip() else None
+        except (ValueError, RecursionError):
+            parsed = None
+        return Body(raw=raw or None, size=len(raw), json=parsed)
+    file, size = spool(request, upload_limit)
+    if not size:
+        file.close()
+        return Body()
+    return Body(file=file, size=size)
 
 
 class _PartScan:

@@ -8,19 +8,18 @@ operation (so an OCR pass-through is still priced per page).
 
 from __future__ import annotations
 
-import json
-import tempfile
 from urllib.parse import quote, unquote
 
 from flask import Flask, Response, request
 
 from sidecar.access.auth import bearer
 from sidecar.core.config import PassThroughEndpoint
-from sidecar.core.errors import BadRequest, PayloadTooLarge, SidecarError
+from sidecar.core.errors import BadRequest, SidecarError
 from sidecar.core.router import Target
 from sidecar.core.spec import flask_rule
-from sidecar.upstream.client import DROP_OUTBOUND
+from sidecar.upstream.client import outbound_headers
 from sidecar.web import body as bodies
+from sidecar.web.scope import Scope
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 CHUNK = 64 * 1024
@@ -53,69 +52,40 @@ class PassThrough:
     def view(self, subpath: str | None = None) -> Response:
         pipeline = self.pipeline
         ex = pipeline.exchange(request.headers, self.operation_id, request.method, self.endpoint.path)
-        body = None
+        scope = Scope()
         try:
             caller = ex.caller = pipeline.auth.authenticate(request.headers) if self.endpoint.auth else None
             url = self.endpoint.target + (f"/{safe_subpath(subpath, _raw_uri())}" if subpath is not None else "")
-            body = self._read_body()
+            body = scope.body = bodies.read_unchecked(request, pipeline.settings.max_body_bytes,
+                                                      pipeline.settings.max_upload_bytes)
             ex.request_json = body.json
             ex.model = body.json.get("model") if isinstance(body.json, dict) else None
             ex.model = ex.model if isinstance(ex.model, str) else None
             ex.end_user = request.headers.get(pipeline.settings.end_user_header)
             if caller is not None:
                 pipeline.auth.authorize_model(caller, ex.model)
-            release = pipeline.accountant.admit(ex)
-            try:
-                upstream = pipeline.upstream.send(Target(url), request.method, "",
-                                                  request.query_string.decode("latin-1"),
-                                                  self._headers(body), body.payload)
-                return pipeline._respond(ex, upstream, body, release)  # the pipeline's relay + accounting
-            except BaseException:
-                release()
-                raise
+            scope.release = pipeline.accountant.admit(ex)
+            target = Target(url)  # no credentials: only the configured headers authenticate
+            upstream = scope.upstream = pipeline.upstream.send(target, request.method, "",
+                                                               request.query_string.decode("latin-1"),
+                                                               self._headers(body, target), body.payload)
+            return pipeline.respond(ex, upstream, scope)  # the pipeline's relay + accounting
         except SidecarError as error:
-            if body is not None:
-                body.close()
+            scope.close()
             return pipeline.refuse(ex, error)
+        except BaseException:
+            scope.close()
+            raise
 
-    def _read_body(self) -> bodies.Body:
-        """JSON bodies are read to learn the model (for accounting); other bodies are spooled within limits."""
-        settings = self.pipeline.settings
-        if request.mimetype and "json" in request.mimetype:
-            limit = settings.max_body_bytes
-            raw = bodies.read_some(request, limit + 1)
-            if len(raw) > limit:
-                raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-            try:
-                parsed = json.loads(raw) if raw.strip() else None
-            except ValueError:
-                parsed = None  # not ours to judge: relayed as sent
-            return bodies.Body(raw=raw or None, size=len(raw), json=parsed)
-        limit = settings.max_upload_bytes
-        spool = tempfile.SpooledTemporaryFile(max_size=bodies.SPOOL_IN_MEMORY)
-        size = 0
-        while chunk := bodies.read_some(request, CHUNK):
-            size += len(chunk)
-            if size > limit:
-                spool.close()
-                raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-            spool.write(chunk)
-        if not size:
-            spool.close()
-            return bodies.Body()
-        return bodies.Body(file=spool, size=size)
-
-    def _headers(self, body: bodies.Body) -> dict:
-        """Configured headers; with ``forward_headers`` also the client's, never its sidecar credential."""
+    def _headers(self, body: bodies.Body, target: Target) -> dict:
+        """Configured headers; with ``forward_headers`` also the client's (the pipeline's outbound
+        policy), never a header carrying its sidecar credential."""
         headers: dict[str, str] = {}
         if self.endpoint.forward_headers:
             never = {s for s in (bearer(request.headers), self.pipeline.settings.master_key) if s}
-            drop = DROP_OUTBOUND | {self.pipeline.settings.end_user_header, "x-request-id"}
-            for name, value in request.headers.items():
-                low = name.lower()
-                if low in drop or low.startswith("x-sidecar-") or any(secret in value for secret in never):
-                    continue
-                headers[name] = value
+            forwarded = outbound_headers(request.headers, target, "bearer", drop=self.pipeline.drop_outbound)
+            headers = {name: value for name, value in forwarded.items()
+                       if not any(secret in value for secret in never)}
         elif request.content_type:
             headers["Content-Type"] = request.content_type
         for low, (name, value) in self.fixed.items():

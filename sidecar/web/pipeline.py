@@ -7,9 +7,7 @@ the differences between operations are data on ``Operation``, not branches per r
 from __future__ import annotations
 
 import itertools
-import json
 import logging
-import re
 import uuid
 from urllib.parse import quote
 
@@ -32,13 +30,13 @@ from sidecar.upstream.client import inbound_headers, outbound_headers
 from sidecar.web import body as bodies
 from sidecar.web.handlers.health import Readiness
 from sidecar.web.relay import RELAY_ERRORS, RelayBody, upstream_chunks
+from sidecar.web.scope import Scope
 
 log = logging.getLogger("sidecar.web.pipeline")
 NO_STREAM_HEADERS = frozenset({"x-model-deprecation-timestamp"})  # breaks SDK 1.x on SSE responses
 # JSON answers up to this size are read whole to account usage; larger ones (file listings, exports)
 # are relayed as a stream without usage, so one answer cannot hold a worker's memory.
 JSON_ACCOUNT_LIMIT = 16 * 1024 * 1024
-_CONTROL = re.compile(r"[\r\n\x00]")  # never valid in a header value; CR/LF would split a forwarded header
 
 
 def _segment(name: str, value) -> str:
@@ -74,7 +72,7 @@ class Pipeline:
         # model -> (Target, upstream model name): config.yaml aliases, provider prefixes, else the default
         self.router = router or ModelRouter.from_config(getattr(settings, "config", None), upstream.default_target,
                                                          clock)
-        self._drop_outbound = frozenset({settings.end_user_header, "x-request-id"})
+        self.drop_outbound = frozenset({settings.end_user_header, "x-request-id"})
 
     # -- the view ---------------------------------------------------------------------------------
     def handle(self, endpoint: Endpoint, path_params: dict, req=None) -> Response:
@@ -84,12 +82,12 @@ class Pipeline:
         headers = req.headers
         op = endpoint.plain
         ex = self.exchange(headers, op.id, op.method, endpoint.path)
-        body = None
+        scope = Scope()
         try:
             caller = ex.caller = self.auth.authenticate(headers) if op.auth != "none" else None
             if op.auth == "master":  # before the body: only the master key learns what the route accepts
                 self.auth.require_master(caller)
-            body = self._read_body(op, req)
+            body = scope.body = self._read_body(op, req)
             self._translate(op, body, req.path)
             op = endpoint.pick(self._wants_stream(body))
             ex.operation_id, ex.stream = op.id, op.stream_twin or self._wants_stream(body)
@@ -99,19 +97,18 @@ class Pipeline:
             ex.request_json = body.json
             if caller is not None:
                 self.auth.authorize_model(caller, ex.model)
-            release = self.accountant.admit(ex)
-            try:
-                if op.handler is not None:
-                    response = self.handlers[op.handler](self, ex, body, path_params)
-                    return self._finish_plain(ex, response)
-                return self._forward(op, ex, body, path_params, release, req)
-            except BaseException:
-                release()
-                raise
+            scope.release = self.accountant.admit(ex)
+            if op.handler is not None:
+                response = self.handlers[op.handler](self, ex, body, path_params)
+                scope.close()
+                return self._finish_plain(ex, response)
+            return self._forward(op, ex, body, path_params, scope, req)
         except SidecarError as error:
-            if body is not None:
-                body.close()
+            scope.close()
             return self.refuse(ex, error)
+        except BaseException:
+            scope.close()
+            raise
 
     def exchange(self, headers, operation_id: str, method: str, route: str) -> Exchange:
         """A new exchange, timed from now by the app's clock (and traced from now, when tracing is on)."""
@@ -147,7 +144,7 @@ class Pipeline:
     def _translate(op: Operation, body: bodies.Body, path: str) -> None:
         """OpenAI-style fields Mistral would refuse -> Mistral's (dialect.py); untouched bodies stay byte for byte."""
         if dialect.applies(path) and dialect.translate(op.id, body.json):
-            body.raw = None  # re-serialised on forward
+            body.edited = True
 
     def _take_end_user(self, op: Operation, body: bodies.Body, headers) -> str | None:
         """End user from the configured header, else an OpenAI-style ``user`` field Mistral would refuse."""
@@ -155,7 +152,7 @@ class Pipeline:
         data = body.json
         if isinstance(data, dict) and "user" in data and op.proxied and not self._declares(op, "user"):
             value = data.pop("user")
-            body.raw = None  # re-serialised on forward
+            body.edited = True
             if user is None and isinstance(value, str):
                 user = value
         return user[:256] if user else None
@@ -184,55 +181,45 @@ class Pipeline:
             model = None
         return model if isinstance(model, str) else None
 
-    def _forward(self, op: Operation, ex: Exchange, body: bodies.Body, path_params: dict, release, req) -> Response:
+    def _forward(self, op: Operation, ex: Exchange, body: bodies.Body, path_params: dict, scope: Scope,
+                 req) -> Response:
         target = self.upstream.default_target
         if self.router is not None and ex.model:
             target, upstream_model = self.router.resolve(ex.model)
             if upstream_model != ex.model and isinstance(body.json, dict):
-                body.json["model"], body.raw = upstream_model, None
+                body.edit_json("model", upstream_model)
         path = op.path.format(**{k: _segment(k, v) for k, v in path_params.items()})
         headers = self._upstream_headers(op, target, body, req.headers)
         self.accountant.trace_headers(ex, headers)
         sent = self.clock.monotonic()
-        upstream = self.upstream.send(target, op.method, path, req.query_string.decode("latin-1"),
-                                      headers, self._payload(body))
+        upstream = scope.upstream = self.upstream.send(target, op.method, path, req.query_string.decode("latin-1"),
+                                                       headers, body.payload)
         ex.upstream_latency = self.clock.monotonic() - sent
-        return self._respond(ex, upstream, body, release)
-
-    @staticmethod
-    def _payload(body: bodies.Body):
-        """The bytes as the client sent them, unless a step changed the JSON (then re-serialised)."""
-        if body.raw is not None or body.file is not None:
-            return body.payload
-        return json.dumps(body.json).encode() if body.json is not None else None
+        return self.respond(ex, upstream, scope)
 
     def _upstream_headers(self, op: Operation, target, body: bodies.Body, client_headers) -> dict:
-        items = list(client_headers.items())  # Werkzeug rebuilds them from the environ on every walk
-        for name, value in items:
-            if _CONTROL.search(value):
-                raise BadRequest(f"Header '{name}' contains a CR, LF or NUL character.", code="invalid_header")
-        headers = outbound_headers(items, target, op.auth, drop=self._drop_outbound)
+        headers = outbound_headers(client_headers, target, op.auth, drop=self.drop_outbound)
         if body.file is not None:
             headers["Content-Length"] = str(body.size)
-        elif body.raw is None and body.json is not None:
+        elif body.edited:
             headers["Content-Type"] = "application/json"
         return headers
 
-    def _respond(self, ex: Exchange, upstream, body: bodies.Body, release) -> Response:
-        """Relay the upstream answer: SSE and non-JSON bodies streamed, JSON read to account usage."""
+    def respond(self, ex: Exchange, upstream, scope: Scope) -> Response:
+        """Relay the upstream answer: SSE and non-JSON bodies streamed, JSON read to account usage;
+        ``scope`` is closed when the answer has been sent (or cut)."""
         ex.status = upstream.status_code
         ctype = upstream.headers.get("Content-Type", "")
         is_sse = "text/event-stream" in ctype
         if not is_sse and "json" in ctype:
-            return self._respond_json(ex, upstream, body, release)
-        return self._relay(ex, upstream, body, release, is_sse)
+            return self._respond_json(ex, upstream, scope)
+        return self._relay(ex, upstream, scope, is_sse)
 
-    def _relay(self, ex: Exchange, upstream, body: bodies.Body, release, is_sse: bool, chunks=None) -> Response:
+    def _relay(self, ex: Exchange, upstream, scope: Scope, is_sse: bool, chunks=None) -> Response:
         meter = self.accountant.stream_meter(ex) if is_sse else None
 
         def finish(relay: RelayBody) -> None:
-            body.close()
-            release()
+            scope.close()
             ex.error = relay.error or ex.error
             ex.first_chunk_at = relay.first_chunk_at
             self.accountant.finish(ex, meter)
@@ -246,24 +233,20 @@ class Pipeline:
                           is_sse=is_sse, closing=closing, clock=self.clock)
         return Response(relay, upstream.status_code, headers, direct_passthrough=True)
 
-    def _respond_json(self, ex: Exchange, upstream, body: bodies.Body, release) -> Response:
+    def _respond_json(self, ex: Exchange, upstream, scope: Scope) -> Response:
         chunks, read = upstream_chunks(upstream), bytearray()
         try:
             for chunk in chunks:
                 read += chunk
                 if len(read) > JSON_ACCOUNT_LIMIT:
                     log.info("JSON answer above %d bytes relayed as a stream, unaccounted", JSON_ACCOUNT_LIMIT)
-                    return self._relay(ex, upstream, body, release, False, itertools.chain((bytes(read),), chunks))
+                    return self._relay(ex, upstream, scope, False, itertools.chain((bytes(read),), chunks))
         except RELAY_ERRORS as exc:
-            upstream.close()
-            body.close()
-            release()
+            scope.close()
             if isinstance(exc, (urllib3.exceptions.ReadTimeoutError, TimeoutError)):
                 return self.refuse(ex, UpstreamTimeout("Upstream stopped sending its answer midway."))
             return self.refuse(ex, UpstreamUnavailable("Upstream response was cut before it finished."))
-        upstream.close()
-        body.close()
-        release()
+        scope.close()
         content = bytes(read)
         if ex.operation_id == dialect.LIST_MODELS and ex.status == 200 and self.router.aliases:
             content = dialect.with_models(content, self.router.model_cards())

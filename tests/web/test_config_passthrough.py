@@ -129,3 +129,38 @@ def test_the_shadowed_operation_is_still_accounted(configured, fake, caplog):
         client.post("/mistral/v1/ocr", json=OCR_BODY, headers={"Authorization": f"Bearer {MASTER}"})
     line = json.loads([r.getMessage() for r in caplog.records if r.name == "sidecar.access"][-1])
     assert line["operation"] == "ocr_v1_ocr_post" and line["model"] == "mistral-ocr-latest"
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Injected: 1", "a\x00b"])
+def test_forwarded_headers_with_control_characters_are_refused_not_forwarded(configured, fake, value):
+    client = configured(SEED_OCR)
+    fake.on("POST", "/v1/ocr", json_body=OCR_ANSWER)
+    response = client.post("/mistral/v1/ocr", json=OCR_BODY, headers={"Authorization": f"Bearer {MASTER}"},
+                           environ_overrides={"HTTP_X_TRACE": value})
+    assert response.status_code == 400 and response.json["code"] == "invalid_header"
+    assert fake.seen == []
+
+
+
+def test_a_chunked_json_body_over_the_limit_is_refused_without_reading_it_whole():
+    """No Content-Length: read in chunks up to the limit (never one read of the whole limit), then 413."""
+    from werkzeug.wrappers import Request
+
+    from sidecar.web import body as bodies
+
+    class Stream:
+        def __init__(self, size: int):
+            self.left, self.asked = size, []
+
+        def read(self, size: int = -1) -> bytes:
+            self.asked.append(size)
+            given = min(self.left, size if size >= 0 else self.left)
+            self.left -= given
+            return b"x" * given
+
+    stream = Stream(300_000)
+    request = Request({"REQUEST_METHOD": "POST", "CONTENT_TYPE": "application/json", "wsgi.input": stream,
+                       "wsgi.input_terminated": True, "SERVER_NAME": "x", "SERVER_PORT": "80", "wsgi.url_scheme": "http"})
+    with pytest.raises(bodies.PayloadTooLarge):
+        bodies.read_unchecked(request, 100_000, 100_000)
+    assert max(stream.asked) <= bodies.CHUNK and stream.left > 0
