@@ -30,6 +30,7 @@ lint: $(VENV)/.test-deps
 
 spec: $(VENV)/.test-deps
 	$(PY) scripts/sync_spec.py
+	$(PY) scripts/make_contracts.py  # regenerates generated contracts; prints drift: contracts of vanished operations
 
 bench: $(VENV)/.run-deps
 	$(PY) bench/run.py

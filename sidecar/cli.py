@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def _serve(args) -> int:
@@ -22,6 +23,10 @@ def _serve(args) -> int:
         env["MISTRAL_UPSTREAM"] = "replay"
         if args.replay:
             env["SIDECAR_CONTRACTS"] = args.replay
+    if args.replay_speed is not None:
+        env["SIDECAR_REPLAY_SPEED"] = str(args.replay_speed)
+    if args.fallback:
+        env["SIDECAR_CONTRACTS_FALLBACK"] = args.fallback
     if args.record is not None:
         env["MISTRAL_UPSTREAM"] = "record"
         if args.record:
@@ -29,6 +34,26 @@ def _serve(args) -> int:
     argv = [sys.executable, "-m", "gunicorn", "sidecar:create_app()", "-c", "python:sidecar.gunicorn_conf"]
     os.execv(sys.executable, argv)
     return 0  # not reached
+
+
+def _contracts(args) -> int:
+    """``contracts check DIR``: the checks replay runs at start-up, for an app's own directory (exit 1 on a problem)."""
+    from .contracts.checking import check_directory, drift
+    from .contracts.fileformat import ContractError
+    from .core.spec import Spec
+    from .settings import DEFAULT_SPEC
+
+    spec = Spec.load(args.spec or DEFAULT_SPEC)
+    drifted = drift(args.directory, spec) if Path(args.directory).is_dir() else []
+    try:
+        found = check_directory(args.directory, spec)
+    except ContractError as error:
+        for line in dict.fromkeys([*drifted, *error.problems]):
+            print(line, file=sys.stderr)
+        print(f"{len(error.problems)} problem(s) in {args.directory}", file=sys.stderr)
+        return 1
+    print(f"{len(found)} exchange(s) in {args.directory}: all conform to {args.spec or DEFAULT_SPEC.name}")
+    return 0
 
 
 def _migrate(args) -> int:
@@ -104,10 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="answer from recorded contracts, no network (default dir: contracts/)")
     serve.add_argument("--record", nargs="?", const="", default=None, metavar="DIR",
                        help="forward to Mistral and record each new exchange into DIR")
+    serve.add_argument("--replay-speed", type=float, metavar="N",
+                       help="replayed streams keep their recorded pace divided by N; 0: all at once (default 1)")
+    serve.add_argument("--fallback", choices=("none", "shipped"),
+                       help="with --replay DIR: the shipped contracts answer what DIR does not (default none)")
     serve.set_defaults(func=_serve)
     migrate = sub.add_parser("migrate", help="apply database migrations (DATABASE_URL, else the SQLite file)")
     migrate.add_argument("--quiet", action="store_true", help="print nothing unless it fails")
     migrate.set_defaults(func=_migrate)
+    contracts = sub.add_parser("contracts", help="work with contract directories").add_subparsers(dest="action",
+                                                                                                 required=True)
+    check = contracts.add_parser("check", help="check a contracts directory as replay would load it (exit 1 on a problem)")
+    check.add_argument("directory", metavar="DIR")
+    check.add_argument("--spec", help="the OpenAPI document (default: the one shipped)")
+    check.set_defaults(func=_contracts)
     keys = sub.add_parser("keys", help="create, list and revoke virtual keys").add_subparsers(dest="action",
                                                                                              required=True)
     create = keys.add_parser("create", help="create a key and print it (shown once)")

@@ -70,6 +70,13 @@ def _upstream_base(env) -> str:
     return raw
 
 
+def _choice(env, name: str, allowed: tuple[str, ...]) -> str:
+    raw = (env.get(name) or allowed[0]).strip().lower()
+    if raw not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
 def _from_config(values: dict, env) -> dict:
     """Load config.yaml; its master key and database URL apply where the environment sets none."""
     from sidecar.core.config import load  # settings stays importable without yaml parsing at import time
@@ -106,6 +113,8 @@ class Settings:
     max_upload_bytes: int = 512 * 1024 * 1024
     upstream_mode: str = "real"  # real | replay | record
     contracts_dir: Path = DEFAULT_CONTRACTS
+    contracts_fallback: str = "none"  # none | shipped: the shipped contracts answer what contracts_dir does not
+    replay_speed: float = 1.0  # replayed streams keep their recorded pace divided by this; 0: all at once
     pool_size: int = 1000  # idle upstream connections kept per worker: a burst of streams reuses them
     database_url: str | None = field(default=None, repr=False)
     db_path: Path = Path("mistral-sidecar.sqlite3")  # the embedded store when DATABASE_URL is unset
@@ -158,6 +167,8 @@ class Settings:
             max_upload_bytes=_env_int(env, "SIDECAR_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
             upstream_mode=mode,
             contracts_dir=Path(env.get("SIDECAR_CONTRACTS") or DEFAULT_CONTRACTS),
+            contracts_fallback=_choice(env, "SIDECAR_CONTRACTS_FALLBACK", ("none", "shipped")),
+            replay_speed=max(0.0, _env_float(env, "SIDECAR_REPLAY_SPEED", cls.replay_speed)),
             pool_size=_env_int(env, "SIDECAR_POOL_SIZE", cls.pool_size),
             database_url=env.get("DATABASE_URL") or None,
             db_path=Path(env.get("SIDECAR_DB_PATH") or cls.db_path),

@@ -12,7 +12,8 @@ from urllib.parse import quote
 
 import jsonschema_rs
 
-from sidecar.contracts.index import Contract, ContractIndex
+from sidecar.contracts.fileformat import Contract
+from sidecar.contracts.matching import ContractIndex
 from sidecar.core.errors import InvalidRequest
 from sidecar.core.spec import Operation, Spec
 from sidecar.core.validation import compile_validators

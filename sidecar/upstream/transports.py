@@ -12,6 +12,7 @@ import fcntl
 import io
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,10 +21,15 @@ from requests.adapters import HTTPAdapter
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder
 
-from sidecar.contracts import index as contracts
-from sidecar.contracts.index import Asked, Contract, ContractIndex
+from sidecar.contracts import fileformat, scrubbing
+from sidecar.contracts.checking import check_directory
+from sidecar.contracts.fileformat import Asked, Contract
+from sidecar.contracts.matching import ContractIndex
+from sidecar.contracts.responder import Responder
 from sidecar.core import sse
+from sidecar.core.errors import NoContract
 from sidecar.core.spec import Spec
+from sidecar.settings import DEFAULT_CONTRACTS
 from sidecar.upstream.client import PooledAdapter, upstream_chunks
 
 log = logging.getLogger("sidecar.upstream.transports")
@@ -118,30 +124,61 @@ def form_fields(body, boundary: str) -> dict:
 # -- replay --------------------------------------------------------------------------------------------
 
 class ReplayAdapter(HTTPAdapter):
-    """Answers every request from the contract index; no socket is ever opened."""
+    """Answers every request from the contract index; no socket is ever opened.
 
-    def __init__(self, index: ContractIndex):
+    Streams keep their recorded pace: each event waits its recorded ``delay`` divided by ``speed`` (0: all at
+    once). Generic answers (and shipped fallbacks) go through the responder; matched ones are served as written.
+    """
+
+    def __init__(self, index: ContractIndex, *, speed: float = 1.0, sleep: Callable[[float], None] = time.sleep,
+                 responder: Responder | None = None):
         super().__init__(max_retries=0)
         self.index = index
+        self.speed = speed
+        self.sleep = sleep
+        self.responder = responder or Responder()
 
     @classmethod
-    def from_directory(cls, directory: Path | str, spec: Spec) -> ReplayAdapter:
-        return cls(ContractIndex.load(directory, spec))
+    def from_directory(cls, directory: Path | str, spec: Spec, *, strict: bool = False,
+                       fallback: Path | str | None = None, speed: float = 1.0) -> ReplayAdapter:
+        """Load and check ``directory`` (``ContractError`` naming every problem), with an optional fallback."""
+        spare = ContractIndex(spec, check_directory(fallback, spec), Path(fallback)) if fallback else None
+        index = ContractIndex(spec, check_directory(directory, spec), Path(directory), strict=strict, fallback=spare)
+        return cls(index, speed=speed)
 
     def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
-        contract = self.index.answer(asked_from(request))  # NoContract (501) when none applies
+        asked = asked_from(request)
+        contract, how = self.index.answer(asked)  # NoContract (501) when none applies
         headers = {k: str(v) for k, v in (contract.response.get("headers") or {}).items()
                    if k.lower() not in ("content-length", "transfer-encoding", "content-encoding")}
         if contract.content_type and not any(k.lower() == "content-type" for k in headers):
             headers["Content-Type"] = contract.content_type
-        headers["x-sidecar-contract"] = _header_safe(f"{contract.operation}: {contract.name}")
+        label = f"{contract.operation}: {contract.name}"
+        headers["x-sidecar-contract"] = _header_safe(f"fallback (shipped) {label}" if how == "fallback" else label)
+        fitted = how in ("generic", "fallback")
+        params = (self.index.route(asked.method, asked.path) or (None, {}))[1]
         if contract.streams:
-            body = ChunkStream(contract.chunks())
+            events = contract.events()
+            if fitted:
+                events = self.responder.fit_events(events, asked, params)
+            body = ChunkStream(self._paced(events, contract.response.get("cut", False)))
         else:
             content = contract.body()
+            if fitted and "json" in contract.response:
+                content = json.dumps(self.responder.fit_json(contract.response["json"], asked, params),
+                                     ensure_ascii=False).encode()
             headers["Content-Length"] = str(len(content))
             body = ChunkStream(iter((content,)))
         return self.build_response(request, raw_response(request, contract.status, headers, body))
+
+    def _paced(self, events: list[dict], cut: bool) -> Iterator[bytes]:
+        """The events as recorded, each after its delay; a ``cut`` stream then breaks as a dropped connection."""
+        for delay, chunk in fileformat.chunks(events):
+            if delay and self.speed:
+                self.sleep(delay / self.speed)
+            yield chunk
+        if cut:
+            raise urllib3.exceptions.ProtocolError("replayed cut: the connection was dropped mid-stream")
 
     def close(self) -> None:
         super().close()
@@ -156,12 +193,18 @@ def _header_safe(text: str) -> str:
 class RecordAdapter(HTTPAdapter):
     """Sends through the real adapter and writes each new exchange, scrubbed, into the contracts directory."""
 
-    def __init__(self, writer: ContractWriter, inner: HTTPAdapter):
+    def __init__(self, writer: ContractWriter, inner: HTTPAdapter, first: ReplayAdapter | None = None):
         super().__init__(max_retries=0)
         self.writer = writer
         self.inner = inner
+        self.first = first
 
     def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
+        if self.first is not None:
+            try:
+                return self.first.send(request, stream=stream, timeout=timeout)
+            except NoContract:
+                pass  # a new episode: forwarded and recorded below
         asked = asked_from(request)
         real = self.inner.send(request, stream=True, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
         is_sse = "text/event-stream" in real.headers.get("Content-Type", "")
@@ -175,6 +218,8 @@ class RecordAdapter(HTTPAdapter):
 
     def close(self) -> None:
         self.inner.close()
+        if self.first is not None:
+            self.first.close()
         super().close()
 
 
@@ -197,6 +242,7 @@ class _Tee:
         self.events: list[dict] = []
         self.body = bytearray()
         self.splitter = sse.EventSplitter()
+        self.last = time.monotonic()  # the request was just sent: the first event's delay counts from here
 
     def chunks(self) -> Iterator[bytes]:
         for chunk in upstream_chunks(self.real):
@@ -206,7 +252,11 @@ class _Tee:
 
     def _keep(self, chunk: bytes) -> None:
         if self.is_sse:
-            self.events += [contracts.unframe(block) for block in self.splitter.feed(chunk) if block.strip()]
+            for block in self.splitter.feed(chunk):
+                if block.strip():
+                    now = time.monotonic()
+                    self.events.append({**fileformat.unframe(block), "delay": round(now - self.last, 3)})
+                    self.last = now
         elif len(self.body) <= MAX_RECORDED_BODY:
             self.body += chunk
 
@@ -219,7 +269,7 @@ class _Tee:
     def _response_body(self) -> dict:
         if self.is_sse:
             tail = self.splitter.close()
-            return {"events": self.events + ([contracts.unframe(tail)] if tail else [])}
+            return {"events": self.events + ([{**fileformat.unframe(tail), "delay": 0.0}] if tail else [])}
         if len(self.body) > MAX_RECORDED_BODY:
             return {"body": f"<{len(self.body)}+ bytes not recorded>"}
         if "json" in self.real.headers.get("Content-Type", ""):
@@ -234,36 +284,47 @@ class _Tee:
 
 
 class ContractWriter:
-    """Appends recorded exchanges to ``<dir>/<operationId>.yaml``; skips requests already on file."""
+    """Appends recorded exchanges to ``<dir>/<operationId>.yaml``; skips requests already on file, or with
+    ``overwrite`` (vcrpy's ``all``) replaces them."""
 
-    def __init__(self, directory: Path | str, spec: Spec, secrets: tuple[str, ...] = ()):
+    def __init__(self, directory: Path | str, spec: Spec, secrets: tuple[str, ...] = (), overwrite: bool = False):
         self.directory = Path(directory)
         self.index = ContractIndex(spec, ())
         self.secrets = tuple(secrets)
+        self.overwrite = overwrite
 
     def write(self, asked: Asked, real, body: dict, request_secrets: tuple[str, ...] = ()) -> Path | None:
         found = self.index.route(asked.method, asked.path)
         if found is None:
             return None
         operation = found[0].endpoint.pick(asked.stream).id
-        secrets = tuple(sorted({*self.secrets, *request_secrets}, key=len, reverse=True))
-        contract = self.contract(operation, asked, real, body, secrets)
+        contract = self.contract(operation, asked, real, body, (*self.secrets, *request_secrets))
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{operation}.yaml"
         with open(path, "a+", encoding="utf-8") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)  # gunicorn workers may record the same operation at once
             fh.seek(0)
             existing = fh.read()
-            if existing and _already_recorded(path, contract):
+            kept = [c for c in fileformat.load_file(path)] if existing else []
+            same = [c for c in kept if c.recorded_request() == contract.recorded_request()]
+            if same and not self.overwrite:
                 return None
+            if same:  # re-recording: the file is written again without the exchange this one replaces
+                fh.seek(0)
+                fh.truncate()
+                existing = ""
+                kept = [c for c in kept if c not in same]
             if not existing:
-                fh.write(contracts.dump({"operation": operation, "source": "recorded", "exchanges": []})
+                fh.write(fileformat.dump({"operation": operation, "source": "recorded", "exchanges": []})
                          .replace("exchanges: []\n", "exchanges:\n"))
-            fh.write(contracts.dump([contracts.exchange_document(contract)]))
+                fh.write(fileformat.dump([fileformat.exchange_document(c) for c in kept]) if kept else "")
+            fh.write(fileformat.dump([fileformat.exchange_document(contract)]))
         return path
 
     @staticmethod
     def contract(operation: str, asked: Asked, real, body: dict, secrets: tuple[str, ...]) -> Contract:
+        """The exchange as written: every secret scrubbed from the path, name, query, bodies and stream."""
+        pattern = scrubbing.secret_pattern(secrets)
         request: dict = {"method": asked.method, "path": asked.path}
         if asked.query:
             request["query"] = {k: v[-1] if len(v) == 1 else v for k, v in asked.query.items()}
@@ -273,24 +334,38 @@ class ContractWriter:
             request["form"] = asked.form
         headers = {k: v for k, v in real.headers.items()
                    if k.lower() in RECORDED_HEADERS or k.lower().startswith("x-ratelimit-")}
-        response = {"status": real.status_code, "headers": contracts.scrub_headers(headers, secrets), **body}
+        if "events" in body:
+            body = {"events": scrubbing.scrub_events(body["events"], pattern)}
+        response = {"status": real.status_code, "headers": scrubbing.scrub_headers(headers, pattern),
+                    **scrubbing.scrub(body, pattern)}
         name = f"recorded {asked.method} {asked.path}" + (f" ({asked.model})" if asked.model else "")
-        return Contract(operation, name, "recorded", contracts.scrub(request, secrets),
-                        contracts.scrub(response, secrets))
-
-
-def _already_recorded(path: Path, contract: Contract) -> bool:
-    new = contract.recorded_request()
-    return any(old.recorded_request() == new for old in contracts.load_file(path))
+        return Contract(operation, scrubbing.scrub(name, pattern), "recorded", scrubbing.scrub(request, pattern),
+                        response)
 
 
 # -- choosing the transport ----------------------------------------------------------------------------
 
+def replay_adapter(settings, spec: Spec) -> ReplayAdapter:
+    """Replay ``settings.contracts_dir``: strict unless it is the shipped directory, with the shipped contracts
+    behind it when ``contracts_fallback`` is ``shipped``."""
+    shipped = Path(DEFAULT_CONTRACTS).resolve()
+    own = Path(settings.contracts_dir).resolve() != shipped
+    fallback = shipped if own and settings.contracts_fallback == "shipped" else None
+    return ReplayAdapter.from_directory(settings.contracts_dir, spec, strict=own, fallback=fallback,
+                                        speed=settings.replay_speed)
+
+
+def record_adapter(settings, spec: Spec, *, overwrite: bool = False, replay_first: bool = False) -> RecordAdapter:
+    """Forward to Mistral and record; ``replay_first`` answers what is on file first (vcrpy's ``new_episodes``)."""
+    real = PooledAdapter(pool_connections=4, pool_maxsize=settings.pool_size, max_retries=0)
+    first = replay_adapter(settings, spec) if replay_first else None
+    return RecordAdapter(ContractWriter(settings.contracts_dir, spec, settings.secrets(), overwrite), real, first)
+
+
 def adapter_for(settings, spec: Spec) -> HTTPAdapter | None:
     """The transport for ``settings.upstream_mode``: None (the real one, built by ``Upstream``), replay or record."""
     if settings.upstream_mode == "replay":
-        return ReplayAdapter.from_directory(settings.contracts_dir, spec)
+        return replay_adapter(settings, spec)
     if settings.upstream_mode == "record":
-        real = PooledAdapter(pool_connections=4, pool_maxsize=settings.pool_size, max_retries=0)
-        return RecordAdapter(ContractWriter(settings.contracts_dir, spec, settings.secrets()), real)
+        return record_adapter(settings, spec)
     return None

@@ -7,9 +7,11 @@ import sys
 
 import pytest
 
-from sidecar.contracts import index as contracts
+from sidecar.contracts import fileformat as contracts
+from sidecar.contracts import scrubbing
 from sidecar.contracts.conformance import Conformance
-from sidecar.contracts.index import Asked, Contract, ContractIndex
+from sidecar.contracts.fileformat import Asked, Contract
+from sidecar.contracts.matching import ContractIndex
 from sidecar.core.errors import NoContract
 from sidecar.core.spec import Spec
 
@@ -125,9 +127,9 @@ def test_a_satisfied_match_wins_and_the_more_specific_one_first(spec):
         _contract("paris", match={"json": {"messages": [{"content": "Paris?"}]}}),
         _contract("paris large", match={"json": {"model": "large", "messages": [{"content": "Paris?"}]}}),
     ])
-    assert index.answer(_ask({"model": "m", "messages": [{"role": "user", "content": "Paris?"}]})).name == "paris"
-    assert index.answer(_ask({"model": "large", "messages": [{"role": "user", "content": "Paris?"}]})).name == "paris large"
-    assert index.answer(_ask({"model": "m", "messages": [{"role": "user", "content": "Rome?"}]})).name == "plain"
+    assert index.answer(_ask({"model": "m", "messages": [{"role": "user", "content": "Paris?"}]})).contract.name == "paris"
+    assert index.answer(_ask({"model": "large", "messages": [{"role": "user", "content": "Paris?"}]})).contract.name == "paris large"
+    assert index.answer(_ask({"model": "m", "messages": [{"role": "user", "content": "Rome?"}]})).contract.name == "plain"
 
 
 def test_stream_flag_must_agree_and_errors_answer_only_when_nothing_better(spec):
@@ -136,20 +138,45 @@ def test_stream_flag_must_agree_and_errors_answer_only_when_nothing_better(spec)
         _contract("ok"),
         _contract("streamed", json={"model": "m", "messages": [], "stream": True}, events=[{"data": "[DONE]"}]),
     ])
-    assert index.answer(_ask({"model": "x", "messages": []})).name == "ok"
-    assert index.answer(_ask({"model": "x", "messages": [], "stream": True})).name == "streamed"
+    assert index.answer(_ask({"model": "x", "messages": []})).contract.name == "ok"
+    assert index.answer(_ask({"model": "x", "messages": [], "stream": True})).contract.name == "streamed"
     exact = ContractIndex(spec, [_contract("ok"), _contract("error", json={"model": "bad", "messages": []}, status=400)])
-    assert exact.answer(_ask({"model": "bad", "messages": []})).name == "error"  # recorded for exactly this request
+    assert exact.answer(_ask({"model": "bad", "messages": []})).contract.name == "error"  # recorded for exactly this request
 
 
-def test_no_contract_says_why(spec):
-    index = ContractIndex(spec, [_contract("only plain")])
+def test_no_contract_names_the_closest_exchange_and_the_first_field_that_differs(spec):
+    index = ContractIndex(spec, [_contract("only plain")], ROOT / "my-contracts", strict=True)
     with pytest.raises(NoContract) as caught:
         index.answer(_ask({"model": "m", "messages": [], "stream": True}))
-    assert "No streaming contract answers POST /v1/chat/completions" in caught.value.message
     assert caught.value.status == 501
-    with pytest.raises(NoContract, match="No contract recorded for embeddings_v1_embeddings_post"):
+    assert caught.value.message == (
+        f"No contract in {ROOT / 'my-contracts'} answers POST /v1/chat/completions "
+        "(chat_completion_v1_chat_completions_post). Closest: <memory>, exchange 'only plain': "
+        "json.stream: expected not true, got true.")
+    with pytest.raises(NoContract, match="none is filed for this operation; add one to .*embeddings_v1_embeddings_post"):
         index.answer(Asked("POST", "/v1/embeddings", json={}))
+
+
+def test_a_strict_index_answers_only_matches_and_exact_recordings(spec):
+    asked = {"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+    index = ContractIndex(spec, [_contract("recorded", json=asked),
+                                 _contract("capital", match={"json": {"messages": [{"content": "Capital?"}]}})],
+                          strict=True)
+    assert index.answer(_ask(asked)) == (index.contracts[0], "exact")
+    with pytest.raises(NoContract) as caught:
+        index.answer(_ask({**asked, "messages": [{"role": "user", "content": "what is the capital of france?"}]}))
+    assert caught.value.message.endswith("Closest: <memory>, exchange 'recorded': json.messages[0].content: "
+                                         "expected 'What is the capital of France?', got 'what is the capital of france?'.")
+    with pytest.raises(NoContract, match=r"json.temperature: expected nothing, got 0.5"):
+        index.answer(_ask({**asked, "temperature": 0.5}))
+    loose = ContractIndex(spec, index.contracts)
+    assert loose.answer(_ask({**asked, "temperature": 0.5})).how == "generic"
+
+
+def test_errors_answer_streaming_requests_too(spec):
+    index = ContractIndex(spec, [_contract("limited", status=429, match={"json": {"messages": [{"content": "simulate: 429"}]}})])
+    asked = {"model": "m", "messages": [{"role": "user", "content": "simulate: 429"}], "stream": True}
+    assert index.answer(_ask(asked)).contract.name == "limited"
 
 
 def test_literal_paths_are_routed_before_templated_ones(spec):
@@ -170,6 +197,6 @@ def test_events_frame_and_unframe_as_on_the_wire():
 def test_scrub_removes_secrets_from_keys_values_and_headers():
     secret = "sk-very-secret-123456"
     value = {"a": f"Bearer {secret}", secret: [secret, 1]}
-    assert secret not in repr(contracts.scrub(value, [secret]))
-    assert contracts.scrub_headers({"Authorization": "x", "Cookie": "y", "X-Echo": secret}, [secret]) == \
+    assert secret not in repr(scrubbing.scrub(value, [secret]))
+    assert scrubbing.scrub_headers({"Authorization": "x", "Cookie": "y", "X-Echo": secret}, [secret]) == \
         {"X-Echo": "<scrubbed>"}

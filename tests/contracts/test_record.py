@@ -7,7 +7,7 @@ import json
 import pytest
 from werkzeug.wrappers import Response
 
-from sidecar.contracts import index as contracts
+from sidecar.contracts import fileformat as contracts
 
 from ..conftest import MISTRAL_KEY
 from ..fakes import chat_body, chat_events
@@ -50,7 +50,9 @@ def test_plain_and_streamed_exchanges_are_recorded_and_replay_identically(record
     assert "Authorization" not in text and "Set-Cookie" not in text and "<scrubbed>" in text
     recorded = contracts.load_file(written[0])
     assert [c.source for c in recorded] == ["recorded", "recorded"]
-    assert recorded[1].response["events"][-1] == {"data": "[DONE]"} and len(recorded[1].response["events"]) == 5
+    events = recorded[1].response["events"]
+    assert events[-1]["data"] == "[DONE]" and len(events) == 5
+    assert all(isinstance(e["delay"], float) and e["delay"] >= 0 for e in events)  # each event's pace is kept
     assert recorded[0].response["headers"]["mistral-correlation-id"] == "abc"
 
     replay = make_app(upstream_mode="replay", contracts_dir=directory).test_client()

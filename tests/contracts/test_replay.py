@@ -97,9 +97,12 @@ def test_a_request_no_contract_answers_gets_501_in_the_error_shape(make_app, tmp
     stream = client.post("/v1/chat/completions", json=dict(CHAT, stream=True))
     assert stream.status_code == 501
     assert stream.json["code"] == "no_matching_contract" and stream.json["object"] == "error"
-    assert "No streaming contract answers POST /v1/chat/completions" in stream.json["message"]
+    assert stream.json["message"] == (
+        f"No contract in {tmp_path} answers POST /v1/chat/completions (chat_completion_v1_chat_completions_post). "
+        "Closest: chat.yaml, exchange 'capital of France': json.stream: expected not true, got true "
+        "(and 1 more difference).")
     other = client.post("/v1/embeddings", json={"model": "mistral-embed", "input": "x"})
-    assert other.status_code == 501 and "embeddings_v1_embeddings_post" in other.json["message"]
+    assert other.status_code == 501 and f"add one to {tmp_path}/embeddings_v1_embeddings_post.yaml" in other.json["message"]
 
 
 def test_your_own_contract_gives_a_fixed_answer_for_a_given_prompt(make_app, tmp_path):
@@ -115,3 +118,68 @@ def test_settings_read_the_replay_mode_from_the_environment(tmp_path):
     from sidecar.settings import Settings
     settings = Settings.from_env({"MISTRAL_UPSTREAM": "replay", "SIDECAR_CONTRACTS": str(tmp_path)})
     assert settings.upstream_mode == "replay" and settings.contracts_dir == tmp_path
+
+
+@pytest.fixture
+def live_sidecar_for():
+    """Serves an app on a real loopback socket (stream timing needs a real client, not the test client)."""
+    import threading
+
+    from werkzeug.serving import make_server
+    servers = []
+
+    def serve(app):
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _slow_stream(directory, events=50, seconds=2.0):
+    """A recorded stream of ``events`` chat chunks spread over ``seconds`` (as record mode writes it)."""
+    chunk = {"id": "cmpl-slow", "object": "chat.completion.chunk", "created": 1764064800, "model": "mistral-small-latest",
+             "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]}
+    recorded = [{"data": chunk, "delay": seconds / events} for _ in range(events - 1)] + [{"data": "[DONE]", "delay": seconds / events}]
+    body = {"operation": "chat_completion_v1_chat_completions_post", "source": "recorded", "exchanges": [
+        {"name": "slow", "request": {"method": "POST", "path": "/v1/chat/completions", "json": dict(CHAT, stream=True)},
+         "response": {"status": 200, "headers": {"Content-Type": "text/event-stream"}, "events": recorded}}]}
+    (directory / "slow.yaml").write_text(json.dumps(body))
+
+
+@pytest.mark.parametrize("speed, low, high", [(1.0, 1.6, 2.4), (0.0, 0.0, 0.5)])
+def test_a_recorded_slow_stream_replays_at_its_recorded_pace(make_app, live_sidecar_for, tmp_path, speed, low, high):
+    import time
+
+    import requests
+    _slow_stream(tmp_path)
+    url = live_sidecar_for(make_app(upstream_mode="replay", contracts_dir=tmp_path, replay_speed=speed))
+    started = time.monotonic()
+    with requests.post(url + "/v1/chat/completions", json=dict(CHAT, stream=True), stream=True, timeout=30) as answer:
+        arrivals = [time.monotonic() - started for line in answer.iter_lines() if line.startswith(b"data:")]
+    assert len(arrivals) == 50
+    assert low <= arrivals[-1] <= high, f"50 events recorded over 2 s took {arrivals[-1]:.2f} s at speed {speed}"
+    if speed:
+        assert arrivals[25] >= 0.8  # spread out, not held back and sent at the end
+
+
+def test_error_triggers_answer_streaming_requests_and_cut_breaks_a_stream(replay):
+    client = replay().test_client()
+    for trigger, status in (("simulate: 429", 429), ("simulate: 401", 401)):
+        asked = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": trigger}], "stream": True}
+        assert client.post("/v1/chat/completions", json=asked).status_code == status
+    cut = client.post("/v1/chat/completions", json={"model": "mistral-small-latest", "stream": True,
+                                                   "messages": [{"role": "user", "content": "simulate: cut"}]})
+    events = _events(cut.data)
+    assert cut.status_code == 200 and [e["data"]["choices"][0]["delta"]["content"] for e in events[:2]] == [
+        "The connection ", "drops after this"]
+    assert events[-1]["data"]["code"] == "stream_interrupted" and all(e["data"] != "[DONE]" for e in events)
+
+
+def _events(raw: bytes) -> list:
+    from sidecar.contracts.fileformat import unframe
+    return [unframe(block) for block in raw.split(b"\n\n") if block.strip()]
