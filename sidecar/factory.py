@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
         settings=settings,
         spec=spec,
         validators=validators,
-        upstream=Upstream(settings, adapter=adapter or transports.adapter_for(settings, spec), clock=clock),
+        upstream=Upstream(settings, adapter=adapter or transports.adapter_for(settings, spec, clock), clock=clock),
         authenticator=Authenticator(settings.master_key, keys=keys),
         accountant=Accountant(prices=prices, limits=limits, sinks=[limits.record, spend_log.record],
                               metrics=metrics.Metrics(settings.metrics_dir, known_models=prices.names()),

@@ -202,12 +202,18 @@ def _like(old: str, digest: str) -> str:
     return old[:cut] + digest[:max(8, min(32, len(old) - cut))]
 
 
+def _functions(request: dict) -> list[dict]:
+    """The function tools of a request (connectors and built-in tools have no arguments to make up)."""
+    return [t["function"] for t in request.get("tools") or () if isinstance(t, dict)
+            and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)]
+
+
 def _calls_tool(request: dict) -> bool:
-    return bool(request.get("tools")) and request.get("tool_choice") != "none"
+    return bool(_functions(request)) and request.get("tool_choice") != "none"
 
 
 def _chosen_tool(request: dict) -> dict:
-    functions = [t.get("function") or {} for t in request["tools"] if isinstance(t, dict)]
+    functions = _functions(request)
     choice = request.get("tool_choice")
     named = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
     return next((f for f in functions if f.get("name") == named), functions[0] if functions else {})

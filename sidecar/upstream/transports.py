@@ -12,7 +12,6 @@ import fcntl
 import io
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from requests.adapters import HTTPAdapter
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder
 
+from sidecar.clock import SYSTEM, Clock
 from sidecar.contracts import fileformat, scrubbing
 from sidecar.contracts.checking import check_directory
 from sidecar.contracts.fileformat import Asked, Contract
@@ -130,21 +130,21 @@ class ReplayAdapter(HTTPAdapter):
     once). Generic answers (and shipped fallbacks) go through the responder; matched ones are served as written.
     """
 
-    def __init__(self, index: ContractIndex, *, speed: float = 1.0, sleep: Callable[[float], None] = time.sleep,
+    def __init__(self, index: ContractIndex, *, speed: float = 1.0, clock: Clock = SYSTEM,
                  responder: Responder | None = None):
         super().__init__(max_retries=0)
         self.index = index
         self.speed = speed
-        self.sleep = sleep
+        self.clock = clock
         self.responder = responder or Responder()
 
     @classmethod
     def from_directory(cls, directory: Path | str, spec: Spec, *, strict: bool = False,
-                       fallback: Path | str | None = None, speed: float = 1.0) -> ReplayAdapter:
+                       fallback: Path | str | None = None, speed: float = 1.0, clock: Clock = SYSTEM) -> ReplayAdapter:
         """Load and check ``directory`` (``ContractError`` naming every problem), with an optional fallback."""
         spare = ContractIndex(spec, check_directory(fallback, spec), Path(fallback)) if fallback else None
         index = ContractIndex(spec, check_directory(directory, spec), Path(directory), strict=strict, fallback=spare)
-        return cls(index, speed=speed)
+        return cls(index, speed=speed, clock=clock)
 
     def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
         asked = asked_from(request)
@@ -175,7 +175,7 @@ class ReplayAdapter(HTTPAdapter):
         """The events as recorded, each after its delay; a ``cut`` stream then breaks as a dropped connection."""
         for delay, chunk in fileformat.chunks(events):
             if delay and self.speed:
-                self.sleep(delay / self.speed)
+                self.clock.sleep(delay / self.speed)
             yield chunk
         if cut:
             raise urllib3.exceptions.ProtocolError("replayed cut: the connection was dropped mid-stream")
@@ -193,11 +193,13 @@ def _header_safe(text: str) -> str:
 class RecordAdapter(HTTPAdapter):
     """Sends through the real adapter and writes each new exchange, scrubbed, into the contracts directory."""
 
-    def __init__(self, writer: ContractWriter, inner: HTTPAdapter, first: ReplayAdapter | None = None):
+    def __init__(self, writer: ContractWriter, inner: HTTPAdapter, first: ReplayAdapter | None = None,
+                 clock: Clock = SYSTEM):
         super().__init__(max_retries=0)
         self.writer = writer
         self.inner = inner
         self.first = first
+        self.clock = clock
 
     def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
         if self.first is not None:
@@ -208,7 +210,7 @@ class RecordAdapter(HTTPAdapter):
         asked = asked_from(request)
         real = self.inner.send(request, stream=True, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
         is_sse = "text/event-stream" in real.headers.get("Content-Type", "")
-        tee = _Tee(self.writer, asked, real, is_sse, _request_secrets(request))
+        tee = _Tee(self.writer, asked, real, is_sse, _request_secrets(request), self.clock)
         headers = {k: v for k, v in real.headers.items()
                    if k.lower() not in ("content-length", "transfer-encoding", "content-encoding")}
         body = ChunkStream(tee.chunks(), on_close=real.close)
@@ -237,12 +239,14 @@ def _request_secrets(request) -> tuple[str, ...]:
 class _Tee:
     """Passes the upstream body on chunk by chunk and keeps a copy (events, or bytes) for the contract."""
 
-    def __init__(self, writer: ContractWriter, asked: Asked, real, is_sse: bool, secrets: tuple[str, ...]):
+    def __init__(self, writer: ContractWriter, asked: Asked, real, is_sse: bool, secrets: tuple[str, ...],
+                 clock: Clock = SYSTEM):
         self.writer, self.asked, self.real, self.is_sse, self.secrets = writer, asked, real, is_sse, secrets
+        self.clock = clock
         self.events: list[dict] = []
         self.body = bytearray()
         self.splitter = sse.EventSplitter()
-        self.last = time.monotonic()  # the request was just sent: the first event's delay counts from here
+        self.last = clock.monotonic()  # the request was just sent: the first event's delay counts from here
 
     def chunks(self) -> Iterator[bytes]:
         for chunk in upstream_chunks(self.real):
@@ -254,7 +258,7 @@ class _Tee:
         if self.is_sse:
             for block in self.splitter.feed(chunk):
                 if block.strip():
-                    now = time.monotonic()
+                    now = self.clock.monotonic()
                     self.events.append({**fileformat.unframe(block), "delay": round(now - self.last, 3)})
                     self.last = now
         elif len(self.body) <= MAX_RECORDED_BODY:
@@ -345,27 +349,29 @@ class ContractWriter:
 
 # -- choosing the transport ----------------------------------------------------------------------------
 
-def replay_adapter(settings, spec: Spec) -> ReplayAdapter:
+def replay_adapter(settings, spec: Spec, clock: Clock = SYSTEM) -> ReplayAdapter:
     """Replay ``settings.contracts_dir``: strict unless it is the shipped directory, with the shipped contracts
     behind it when ``contracts_fallback`` is ``shipped``."""
     shipped = Path(DEFAULT_CONTRACTS).resolve()
     own = Path(settings.contracts_dir).resolve() != shipped
     fallback = shipped if own and settings.contracts_fallback == "shipped" else None
     return ReplayAdapter.from_directory(settings.contracts_dir, spec, strict=own, fallback=fallback,
-                                        speed=settings.replay_speed)
+                                        speed=settings.replay_speed, clock=clock)
 
 
-def record_adapter(settings, spec: Spec, *, overwrite: bool = False, replay_first: bool = False) -> RecordAdapter:
+def record_adapter(settings, spec: Spec, *, overwrite: bool = False, replay_first: bool = False,
+                   clock: Clock = SYSTEM) -> RecordAdapter:
     """Forward to Mistral and record; ``replay_first`` answers what is on file first (vcrpy's ``new_episodes``)."""
     real = PooledAdapter(pool_connections=4, pool_maxsize=settings.pool_size, max_retries=0)
-    first = replay_adapter(settings, spec) if replay_first else None
-    return RecordAdapter(ContractWriter(settings.contracts_dir, spec, settings.secrets(), overwrite), real, first)
+    first = replay_adapter(settings, spec, clock) if replay_first else None
+    writer = ContractWriter(settings.contracts_dir, spec, settings.secrets(), overwrite)
+    return RecordAdapter(writer, real, first, clock)
 
 
-def adapter_for(settings, spec: Spec) -> HTTPAdapter | None:
+def adapter_for(settings, spec: Spec, clock: Clock = SYSTEM) -> HTTPAdapter | None:
     """The transport for ``settings.upstream_mode``: None (the real one, built by ``Upstream``), replay or record."""
     if settings.upstream_mode == "replay":
-        return replay_adapter(settings, spec)
+        return replay_adapter(settings, spec, clock)
     if settings.upstream_mode == "record":
-        return record_adapter(settings, spec)
+        return record_adapter(settings, spec, clock=clock)
     return None
