@@ -173,9 +173,13 @@ class ReplayAdapter(HTTPAdapter):
 
     def _paced(self, events: list[dict], cut: bool) -> Iterator[bytes]:
         """The events as recorded, each after its delay; a ``cut`` stream then breaks as a dropped connection."""
+        start, due = self.clock.monotonic(), 0.0
         for delay, chunk in fileformat.chunks(events):
-            if delay and self.speed:
-                self.clock.sleep(delay / self.speed)
+            if delay and self.speed:  # waits until each event's due time, so lag between events never adds up
+                due += delay / self.speed
+                wait = due - (self.clock.monotonic() - start)
+                if wait > 0:
+                    self.clock.sleep(wait)
             yield chunk
         if cut:
             raise urllib3.exceptions.ProtocolError("replayed cut: the connection was dropped mid-stream")
