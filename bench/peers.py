@@ -39,7 +39,8 @@ class Side:
     pid: int
     headers: dict[str, str] = field(default_factory=dict)
     prefix: str = ""
-    startup_s: float | None = None
+    startup_s: float | None = None  # wall seconds to ready: a loaded machine stretches it
+    startup_cpu_s: float | None = None  # CPU seconds of its processes when first seen ready (or soon after)
     forwards_fake_headers: bool = True  # passes x-fake-* on to the upstream (streams and relay need it)
 
     def endpoint(self, path: str) -> str:
@@ -120,6 +121,21 @@ def rss_kb(pids) -> int:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
+    return total
+
+
+def shared_kb(pids) -> dict[str, int]:
+    """PSS (shared pages split among their sharers) and USS (private pages) summed over ``pids``:
+    what forked workers cost together, which RSS (counting shared pages in full) overstates."""
+    total = {"pss_kb": 0, "uss_kb": 0}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                name, _, rest = line.partition(":")
+                if name == "Pss":
+                    total["pss_kb"] += int(rest.split()[0])
+                elif name in ("Private_Clean", "Private_Dirty"):
+                    total["uss_kb"] += int(rest.split()[0])
     return total
 
 

@@ -63,6 +63,8 @@ def check(results: dict) -> dict:
     warm = results["idle"].get("sidecar", {}).get("warm", {})
     ok("idle_rss_mb_per_worker", [round(warm["rss_kb_per_worker"] / 1024, 1)] if warm else [],
        TARGETS["idle_rss_mb_per_worker"])
+    ok("idle_pss_mb_per_worker", [round(warm["pss_kb_per_worker"] / 1024, 1)] if warm else [],
+       TARGETS["idle_rss_mb_per_worker"])
     ok("startup_s", [warm.get("startup_s")], TARGETS["startup_s"])
     if "soak" in sc:
         ok("soak_growth_kb", [sc["soak"]["growth_second_half_kb"]], 10_000)
@@ -114,10 +116,15 @@ def table(results: dict) -> str:
     row("relay events/s", "relay", lambda r: r["events_per_s"], ",.0f")
     load("relay")
     idle = results.get("idle", {})
-    lines.append("| idle RSS MB per worker (after warm-up) | " + " | ".join(
-        _fmt(idle[n]["warm"]["rss_kb_per_worker"] / 1024, ".1f") if n in idle else "-" for n in names) + " |")
-    lines.append("| start-up to ready, s | " + " | ".join(
-        _fmt(idle[n]["warm"]["startup_s"], ".2f") if n in idle else "-" for n in names) + " |")
+    for label, key, scale, spec in (("idle RSS MB per worker (after warm-up)", "rss_kb_per_worker", 1024, ".1f"),
+                                    ("idle PSS MB per worker (shared pages split)", "pss_kb_per_worker", 1024, ".1f"),
+                                    ("idle USS MB per worker (private pages)", "uss_kb_per_worker", 1024, ".1f"),
+                                    ("idle PSS MB, all processes", "pss_kb_all", 1024, ".1f"),
+                                    ("start-up to ready, wall s", "startup_s", 1, ".2f"),
+                                    ("start-up CPU s, all processes", "startup_cpu_s", 1, ".2f")):
+        lines.append(f"| {label} | " + " | ".join(
+            _fmt(idle[n]["warm"].get(key) / scale if idle[n]["warm"].get(key) is not None else None, spec)
+            if n in idle else "-" for n in names) + " |")
     lines += ["", "| target | rounds | mean | goal | pass |", "|---|---|---|---|---|"]
     for name, t in results["targets"].items():
         mark = {True: "yes", False: "NO", None: "n/a"}[t["pass"]]

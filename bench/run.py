@@ -155,9 +155,14 @@ def held_bodies(side: Side, path: str, body_file: Path, concurrency: int, second
 
 
 def idle(side: Side) -> dict:
-    pids = peers.workers(side.pid)
-    return {"workers": len(pids), "rss_kb_per_worker": round(rss_kb(pids) / len(pids)), "startup_s": side.startup_s,
-            "rss_kb_all": rss_kb(tree_pids(side.pid))}
+    """Memory per worker (RSS; PSS and USS, which count what forked workers share once) and in all."""
+    pids, everything = peers.workers(side.pid), tree_pids(side.pid)
+    shared = peers.shared_kb(pids)
+    return {"workers": len(pids), "rss_kb_per_worker": round(rss_kb(pids) / len(pids)),
+            "pss_kb_per_worker": round(shared["pss_kb"] / len(pids)),
+            "uss_kb_per_worker": round(shared["uss_kb"] / len(pids)),
+            "startup_s": side.startup_s, "startup_cpu_s": side.startup_cpu_s,
+            "rss_kb_all": rss_kb(everything), "pss_kb_all": peers.shared_kb(everything)["pss_kb"]}
 
 
 # -- the run -----------------------------------------------------------------------------------------------
@@ -233,7 +238,8 @@ def run(args) -> dict:
                "SIDECAR_DB_PATH": str(tmp / "sidecar.db"), "DATABASE_URL": "", "REDIS_URL": "", "SIDECAR_CONFIG": ""}
         started = time.monotonic()
         sidecar_url, sidecar_proc = stack.enter_context(gunicorn_sidecar(env, workers=2, log_path=tmp / "sidecar.log"))
-        sidecar = Side("sidecar", sidecar_url, sidecar_proc.pid, startup_s=round(time.monotonic() - started, 2))
+        sidecar = Side("sidecar", sidecar_url, sidecar_proc.pid, startup_s=round(time.monotonic() - started, 2),
+                       startup_cpu_s=round(peers.cpu_seconds(tree_pids(sidecar_proc.pid)), 2))
         sidecar.headers["Authorization"] = f"Bearer {virtual_key(sidecar_url)}"
         notes.append("sidecar: a virtual key, cost accounting on, 2 gevent workers")
         sides = [Side("direct", direct, fake.pid), peers.floor(stack, direct, tmp), sidecar]
@@ -252,6 +258,8 @@ def run(args) -> dict:
         sides = [s for s in sides if s is not None]
         log(f"# upstream {direct}; " + ", ".join(f"{s.name} {s.url}" for s in sides[1:]) + f"; logs in {tmp}")
         for side in sides[1:]:
+            if side.startup_cpu_s is None:
+                side.startup_cpu_s = round(peers.cpu_seconds(tree_pids(side.pid)), 2)
             results["idle"][side.name] = {"cold": idle(side)}
         for side in sides:  # warm every side: connection pools, the key cache, lazy imports
             throughput(side, 16, 1)

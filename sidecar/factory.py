@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
-from pathlib import Path
 
 from flask import Flask
 
@@ -19,8 +18,7 @@ from sidecar.accounting.accountant import Accountant
 from sidecar.accounting.spend import SpendLog
 from sidecar.clock import SYSTEM, Clock
 from sidecar.core.pricing import PriceTable
-from sidecar.core.spec import Spec
-from sidecar.core.validation import compile_validators
+from sidecar.core.validation import load_compiled
 from sidecar.settings import Settings
 from sidecar.store import open_engine
 from sidecar.upstream import transports
@@ -35,13 +33,6 @@ _SHUTDOWN: list = []
 def shutdown_hooks() -> tuple:
     """Callables that flush and close what the apps of this process hold (run at worker exit)."""
     return tuple(_SHUTDOWN)
-
-
-@lru_cache(maxsize=4)
-def _compiled(path: Path, mtime: float):
-    """The spec table and its validators: immutable, so apps built from one file share them."""
-    spec = Spec.load(path)
-    return spec, compile_validators(spec)
 
 
 @lru_cache(maxsize=1)
@@ -67,7 +58,7 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
     settings = settings or Settings.from_env()
     clock = clock or SYSTEM
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    spec, validators = _compiled(Path(settings.spec_path), Path(settings.spec_path).stat().st_mtime)
+    spec, validators = load_compiled(settings.spec_path)
     handlers = {**health.HANDLERS, **admin.HANDLERS, **metrics.HANDLERS, **reports.HANDLERS, **ui.HANDLERS}
     engine = open_engine(settings)
     keys = KeyStore(engine, clock=clock)

@@ -5,6 +5,7 @@ Used by the Procfile (``-c python:sidecar.gunicorn_conf``) and by ``mistral-side
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import sys
@@ -12,6 +13,7 @@ import sys
 from sidecar import startup
 from sidecar.accounting import metrics
 from sidecar.core.config import ConfigError
+from sidecar.core.validation import load_compiled
 from sidecar.settings import Settings, SettingsError
 
 try:  # a bad setting is one clear line, not gunicorn's traceback around it
@@ -87,6 +89,11 @@ def on_starting(server) -> None:
     except startup.StartupError as error:
         metrics.remove_multiproc_dir(_metrics_dir)
         startup.refuse(error)
+    # The spec table and validators (pure core: nothing gevent must patch first), built once here and
+    # inherited by every worker fork; frozen so the workers' collector never writes to, and so copies,
+    # those pages.
+    load_compiled(_settings.spec_path)
+    gc.freeze()
     print(startup.summary(_settings, server.cfg.bind, server.cfg.workers), file=sys.stderr, flush=True)
 
 

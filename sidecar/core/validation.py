@@ -12,6 +12,8 @@ leniently as it parses them, and as patterns and bounds so that validation stays
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
 
 import jsonschema_rs
 
@@ -286,3 +288,20 @@ def _required_parts(doc: dict, op: Operation) -> tuple[str, ...]:
     for sub in schema.get("allOf", ()):
         required += (resolve(doc, sub) or {}).get("required", ())
     return tuple(dict.fromkeys(required))
+
+
+@lru_cache(maxsize=4)
+def _compiled(path: Path, mtime: float) -> tuple[Spec, dict[str, RequestValidator]]:
+    spec = Spec.load(path)
+    return spec, compile_validators(spec)
+
+
+def load_compiled(path: Path | str) -> tuple[Spec, dict[str, RequestValidator]]:
+    """The spec table and its validators for ``path``, built once per process and file version.
+
+    Immutable, so every app of a process shares them; the gunicorn master builds them before it
+    forks (gunicorn_conf.on_starting), so workers start without the ~1.5 s YAML parse and share
+    those ~80 MB copy-on-write instead of each holding its own.
+    """
+    path = Path(path).resolve()
+    return _compiled(path, path.stat().st_mtime)

@@ -110,3 +110,28 @@ def test_the_gunicorn_master_imports_nothing_gevent_must_patch_first():
 def test_workers_start_without_monkey_patch_warnings(served, tmp_path):
     assert requests.get(served + "/health/readiness", timeout=5).status_code == 200
     assert "MonkeyPatchWarning" not in (tmp_path / "sidecar.log").read_text()
+
+
+def test_the_master_builds_the_spec_table_once_for_every_worker(tmp_path):
+    """gunicorn's on_starting (the master, before it forks) builds the spec table and validators, and
+    every app built afterwards in that process, as a forked worker's is, uses those very objects."""
+    probe = (
+        "import gc, sys\n"
+        "import sidecar.gunicorn_conf as conf\n"
+        "class Server:\n"
+        "    class cfg: bind = ['127.0.0.1:0']; workers = 1\n"
+        "conf.on_starting(Server)\n"
+        "from sidecar.core import validation\n"
+        "built = validation._compiled.cache_info().currsize == 1\n"
+        "spec, validators = validation.load_compiled(conf._settings.spec_path)\n"
+        "frozen = gc.get_freeze_count()\n"
+        "from sidecar.factory import create_app\n"
+        "pipeline = create_app(conf._settings).extensions['sidecar']\n"
+        "print(built, pipeline.spec is spec, pipeline.validators is validators, frozen > 0)\n"
+    )
+    env = {**__import__("os").environ, "SIDECAR_DB_PATH": str(tmp_path / "s.db"), "DATABASE_URL": "",
+           "REDIS_URL": "", "SIDECAR_CONFIG": "", "SIDECAR_MASTER_KEY": "", "MISTRAL_API_KEY": "sk-test",
+           "MISTRAL_API_BASE": "http://127.0.0.1:9"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "True True True True"
