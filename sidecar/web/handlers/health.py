@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from flask import jsonify
 
+from sidecar.core.config import PROVIDERS
+
 Probe = Callable[[], "str | None"]  # None: ready; else why not (no secret: the answer is public)
 
 
@@ -49,4 +51,31 @@ def readiness(pipeline, ex, body, path_params):
     return jsonify(status="ready", **checks)
 
 
-HANDLERS = {"health.liveliness": liveliness, "health.readiness": readiness}
+def endpoints(settings) -> list[dict]:
+    """Each place calls can go (the default Mistral upstream, then config.yaml's aliases), with the reason it
+    cannot serve when the sidecar lacks what a call needs; decided from settings, never by calling upstream."""
+    found = [({"model": "mistral/*", "model_name": "*", "api_base": settings.mistral_api_base},
+              settings.mistral_api_key, "MISTRAL_API_KEY")]
+    for entry in getattr(settings.config, "models", ()) or ():
+        fallback = settings.mistral_api_key if entry.provider == "mistral" else None
+        found.append(({"model": f"{entry.provider}/{entry.model}", "model_name": entry.alias,
+                       "api_base": entry.api_base or settings.mistral_api_base},
+                      entry.api_key or fallback, f"litellm_params.api_key or {PROVIDERS[entry.provider][1]}"))
+    for endpoint, key, where in found:
+        if settings.upstream_mode != "replay" and not key:
+            endpoint["error"] = f"no key: set {where}"
+    return [endpoint for endpoint, _key, _where in found]
+
+
+def models(pipeline, ex, body, path_params):
+    """LiteLLM's ``GET /health`` answer, from what the sidecar holds; replay needs no key."""
+    found = endpoints(pipeline.settings)
+    healthy = [e for e in found if "error" not in e]
+    unhealthy = [e for e in found if "error" in e]
+    checked = ("replay: answered from contracts, no key needed" if pipeline.settings.upstream_mode == "replay"
+               else "configuration only: each endpoint has its key; Mistral is not called")
+    return jsonify(healthy_endpoints=healthy, unhealthy_endpoints=unhealthy, healthy_count=len(healthy),
+                   unhealthy_count=len(unhealthy), checked=checked)
+
+
+HANDLERS = {"health.liveliness": liveliness, "health.readiness": readiness, "health.models": models}
