@@ -1,24 +1,32 @@
 # The two commands: `make run` (install and serve) and `make test` (install and test).
-# Each creates .venv on first use; nothing else needs to be installed by hand.
+# Each creates .venv on first use from the hashed lock files in requirements/ (made by `make lock`),
+# so two installs a month apart get the same audited versions; nothing else needs to be installed by hand.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
+RUN_LOCK := requirements/run.lock
+TEST_LOCK := requirements/test.lock
 
-.PHONY: run test lint bench spec
+.PHONY: run test lint bench spec lock
 
-$(VENV)/.run-deps: pyproject.toml
+# The lock pins every dependency with its hashes (--require-hashes); the project itself is installed
+# editable on top, without resolving anything again (--no-deps).
+$(VENV)/.run-deps: pyproject.toml $(RUN_LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[postgres,redis]'
+	$(PY) -m pip install -q --require-hashes -r $(RUN_LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-$(VENV)/.test-deps: pyproject.toml
+$(VENV)/.test-deps: pyproject.toml $(TEST_LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --require-hashes -r $(TEST_LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@ $(VENV)/.run-deps
 
 run: $(VENV)/.run-deps
+	@echo "The CLI is $(VENV)/bin/mistral-sidecar (e.g. $(VENV)/bin/mistral-sidecar keys list), or run: source $(VENV)/bin/activate" >&2
 	$(VENV)/bin/mistral-sidecar serve
 
 test: $(VENV)/.test-deps
@@ -34,3 +42,10 @@ spec: $(VENV)/.test-deps
 
 bench: $(VENV)/.run-deps
 	$(PY) bench/run.py
+
+# Re-resolve both lock files from pyproject.toml (every extra) after changing a dependency or an extra,
+# or to take newer releases; uv runs from a throwaway venv, so the locks never depend on .venv.
+lock:
+	$(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/python -m pip install -q 'uv>=0.5' 'tomli>=2; python_version < "3.11"'
+	$(VENV)-lock/bin/python scripts/lock.py --uv $(VENV)-lock/bin/uv
