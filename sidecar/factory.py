@@ -11,16 +11,18 @@ from flask import Flask
 
 from sidecar.access.auth import Authenticator
 from sidecar.access.keys import KeyStore
-from sidecar.access.limits import Limits, counters_for
+from sidecar.access.limits import Limits, RedisCounters, counters_for
 from sidecar.accounting import metrics
 from sidecar.accounting import telemetry as observability
 from sidecar.accounting.accountant import Accountant
 from sidecar.accounting.spend import SpendLog
 from sidecar.clock import SYSTEM, Clock
 from sidecar.core.pricing import PriceTable
+from sidecar.core.redact import Redactor
 from sidecar.core.validation import load_compiled
 from sidecar.settings import Settings
 from sidecar.store import open_engine
+from sidecar.store.health import StoreWatch
 from sidecar.upstream import transports
 from sidecar.upstream.client import Upstream
 from sidecar.web import routes
@@ -62,10 +64,15 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
     handlers = {**health.HANDLERS, **admin.HANDLERS, **metrics.HANDLERS, **reports.HANDLERS, **ui.HANDLERS}
     engine = open_engine(settings)
     keys = KeyStore(engine, clock=clock)
-    spend_log = SpendLog(engine, clock=clock)
+    store = StoreWatch(engine, clock)
+    spend_log = SpendLog(engine, clock=clock, watch=store)
     prices = _price_table(settings)
     limits = Limits(counters_for(settings, clock), clock=clock,
                     exempt=frozenset(op.id for op in spec.operations if op.handler), spend=spend_log.key_spend)
+    redactor = Redactor(settings.secrets())
+    readiness = health.Readiness({"store": store.check})
+    if isinstance(limits.counters, RedisCounters):
+        readiness.add("limiter", limits.counters.probe)
     pipeline = Pipeline(
         settings=settings,
         spec=spec,
@@ -75,10 +82,12 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
         accountant=Accountant(prices=prices, limits=limits, sinks=[limits.record, spend_log.record],
                               metrics=metrics.Metrics(settings.metrics_dir, known_models=prices.names()),
                               spend=spend_log, log_bodies=settings.log_bodies, clock=clock,
-                              telemetry=telemetry or observability.for_settings(settings)),
+                              telemetry=telemetry or observability.for_settings(settings), redactor=redactor),
         handlers=handlers,
         clock=clock,
-        readiness=health.Readiness(),
+        readiness=readiness,
+        redactor=redactor,
+        store=store,
     )
     _SHUTDOWN.append(pipeline.upstream.close)
     _SHUTDOWN.append(spend_log.close)  # before the engine goes: it writes the last spend records

@@ -293,6 +293,14 @@ class RedisCounters:
         self._take, self._total, self._add, self._acquire = (
             self.redis.register_script(s) for s in (_TAKE, _TOTAL, _ADD, _ACQUIRE))
 
+    def probe(self) -> str | None:
+        """The readiness probe: None when Redis answers a PING, else why not."""
+        try:
+            self.redis.ping()
+        except self.errors as exc:
+            return f"Redis does not answer: {type(exc).__name__}"
+        return None
+
     def _call(self, script, name: str, args):
         try:
             return script(keys=[self.prefix + name], args=args)

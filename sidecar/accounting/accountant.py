@@ -14,6 +14,7 @@ from sidecar.clock import SYSTEM, Clock
 from sidecar.core import usage as usage_mod
 from sidecar.core.exchange import Exchange
 from sidecar.core.sse import UsageWatcher
+from sidecar.store.health import STORE_ERRORS
 
 access_log = logging.getLogger("sidecar.access")
 log = logging.getLogger("sidecar.accounting.accountant")
@@ -27,7 +28,7 @@ class Accountant:
     """Meters, prices and records exchanges; ``sinks`` receive each finished exchange."""
 
     def __init__(self, prices=None, limits=None, sinks=(), *, metrics=None,
-                 spend=None, log_bodies=False, clock: Clock = SYSTEM, telemetry=None):
+                 spend=None, log_bodies=False, clock: Clock = SYSTEM, telemetry=None, redactor=None):
         self.prices = prices
         self.telemetry = telemetry  # telemetry.Telemetry (OpenTelemetry spans and GenAI metrics), or None
         self.clock = clock
@@ -36,6 +37,7 @@ class Accountant:
         self.metrics = metrics  # metrics.Metrics, or None
         self.spend = spend  # spend.SpendLog: the key's running spend for x-sidecar-key-spend
         self.log_bodies = log_bodies  # prompts and answers in the log line: off unless asked for
+        self.redactor = redactor  # core.redact.Redactor: secrets out of every log line and spend record
         self._unpriced_warned: set[str] = set()
 
     def begin(self, ex: Exchange, headers) -> None:
@@ -103,7 +105,10 @@ class Accountant:
         headers = [("x-sidecar-cost", _usd(ex.cost))]
         caller = ex.caller
         if self.spend is not None and caller is not None and caller.is_virtual:
-            headers.append(("x-sidecar-key-spend", _usd(self.spend.key_spend(caller.key_hash) + ex.cost)))
+            try:
+                headers.append(("x-sidecar-key-spend", _usd(self.spend.key_spend(caller.key_hash) + ex.cost)))
+            except STORE_ERRORS:  # the answer is paid for and in hand: it goes out without the running spend
+                pass
         return headers
 
     def cost_comment(self, ex: Exchange, meter) -> bytes | None:
@@ -135,6 +140,8 @@ class Accountant:
         if meter is not None and ex.usage is None:
             self._price(ex, meter.usage)
         self._settle_cost(ex)
+        if self.redactor is not None:
+            self._redact(ex)
         latency = ex.latency = self.clock.monotonic() - ex.started
         if self.metrics is not None:
             if ex.open_stream:
@@ -144,9 +151,12 @@ class Accountant:
             line = self.log_line(ex)
             if self.log_bodies:
                 line["request_body"], line["response_body"] = ex.request_json, ex.response_json
+            text = json.dumps(line, separators=(",", ":"), default=str)
+            if self.log_bodies and self.redactor is not None:  # a prompt may quote a key: the whole line
+                text = self.redactor.text(text)
             # The record made directly: ``info`` would walk the stack for a caller no format prints.
             access_log.handle(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0,
-                                                    json.dumps(line, separators=(",", ":"), default=str),
+                                                    text,
                                                     None, None, "finish"))
         for sink in self.sinks:
             try:
@@ -158,6 +168,13 @@ class Accountant:
                 self.telemetry.end(ex)
             except Exception:  # like a sink: telemetry must never break an answer, and says so when it fails
                 log.exception("telemetry failed for request %s", ex.request_id)
+
+    def _redact(self, ex: Exchange) -> None:
+        """The exchange's strings a client chose (a request id, a model or file id from the path, an end
+        user, a route) lose any secret before they reach the log line and the sinks."""
+        text = self.redactor.text
+        ex.request_id, ex.model, ex.end_user, ex.route, ex.error = (
+            text(ex.request_id), text(ex.model), text(ex.end_user), text(ex.route), text(ex.error))
 
     def log_line(self, ex: Exchange) -> dict:
         """The access-log record: what happened and what it cost, never a key, a prompt or an answer.

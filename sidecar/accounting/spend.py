@@ -28,6 +28,7 @@ from sidecar.access.keys import CACHE_MAX, parse_duration
 from sidecar.clock import SYSTEM, Clock
 from sidecar.core.errors import BadRequest
 from sidecar.core.usage import counts as usage_counts
+from sidecar.store.health import STORE_ERRORS
 from sidecar.store.tables import keys as keys_table
 from sidecar.store.tables import spend_logs
 
@@ -63,8 +64,9 @@ class SpendLog:
     """Queue, background writer and queries over ``spend_logs``; one per app (and engine)."""
 
     def __init__(self, engine: sa.Engine, *, clock: Clock = SYSTEM, flush_interval: float = FLUSH_INTERVAL,
-                 spend_ttl: float = SPEND_TTL):
+                 spend_ttl: float = SPEND_TTL, watch=None):
         self.engine = engine
+        self.watch = watch  # store.health.StoreWatch: an outage is logged once, when it starts and ends
         self.clock = clock
         self.flush_interval = flush_interval
         self.spend_ttl = spend_ttl
@@ -107,11 +109,22 @@ class SpendLog:
             self._wake.wait(min(self.flush_interval * (2 ** failures), 5.0))
             self._wake.clear()
             try:
-                self.flush()
+                written = self.flush()
                 failures = 0
-            except Exception:  # the rows went back to the queue; back off and retry
+            except STORE_ERRORS as exc:  # the rows went back to the queue; back off and retry
+                failures = min(failures + 1, 7)
+                if self.watch is None:
+                    log.warning("spend log write failed (%s); %d records kept in memory for retry",
+                                type(exc).__name__, len(self._queue))
+                else:
+                    self.watch.down(exc)
+                continue
+            except Exception:  # not an outage: a bug or a bad row, loudly; the rows are kept and retried
                 failures = min(failures + 1, 7)
                 log.exception("spend log write failed; %d records kept in memory for retry", len(self._queue))
+                continue
+            if written and self.watch is not None:
+                self.watch.up()
 
     # -- writing --------------------------------------------------------------------------------------
     def flush(self) -> int:

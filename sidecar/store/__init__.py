@@ -30,6 +30,7 @@ log = logging.getLogger("sidecar.store")
 # logging would print that on every start. An operator who sets the alembic logger's level keeps theirs.
 if logging.getLogger("alembic").level == logging.NOTSET:
     logging.getLogger("alembic").setLevel(logging.WARNING)
+CONNECT_TIMEOUT = 3  # seconds (PostgreSQL)
 
 
 class StoreError(RuntimeError):
@@ -61,7 +62,10 @@ def make_engine(url: str) -> sa.Engine:
         engine = sa.create_engine(url, connect_args={"timeout": 10})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # A short connect timeout: while the database is unreachable, requests that need it get their 503
+    # (store/health.py) in seconds rather than after the driver's default wait.
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+                            connect_args={"connect_timeout": CONNECT_TIMEOUT} if url.startswith("postgresql") else {})
 
 
 def _config(connection) -> Config:

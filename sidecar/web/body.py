@@ -138,7 +138,8 @@ def read_json(request, limit: int, required: bool) -> Body:
         if required:
             raise InvalidRequest([{"loc": ["body"], "msg": "Field required", "type": "missing"}])
         return Body(raw=None)
-    if mimetype and "json" not in mimetype and mimetype != "text/plain":
+    # text/plain too: it is what a cross-site "simple" request from a web page would send (see web/guard.py).
+    if mimetype and "json" not in mimetype:
         raise UnsupportedMediaType(f"Expected a JSON body (Content-Type: application/json), got '{mimetype}'.")
     try:
         text = raw.decode("utf-8")

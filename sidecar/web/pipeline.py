@@ -24,8 +24,11 @@ from sidecar.core.errors import (
     render,
 )
 from sidecar.core.exchange import Exchange
+from sidecar.core.redact import Redactor
 from sidecar.core.router import ModelRouter
 from sidecar.core.spec import Endpoint, Operation, resolve
+from sidecar.deadline import Deadline, DeadlineExceeded
+from sidecar.store.health import STORE_ERRORS
 from sidecar.upstream.client import inbound_headers, outbound_headers
 from sidecar.web import body as bodies
 from sidecar.web.handlers.health import Readiness
@@ -59,10 +62,13 @@ class Pipeline:
     """Holds the collaborators built once at start-up and runs each request through them."""
 
     def __init__(self, settings, spec, validators, upstream, authenticator, accountant, handlers, router=None,
-                 clock: Clock = SYSTEM, readiness=None):
+                 clock: Clock = SYSTEM, readiness=None, redactor=None, store=None):
         self.settings = settings
         self.readiness = readiness or Readiness()  # what /health/readiness asks
         self.clock = clock
+        self.store = store  # store.health.StoreWatch: a request that finds the store down gets 503, logged once
+        # Secrets out of what an upstream echoes back: relayed headers and JSON answers (streams are not read).
+        self.redactor = redactor or Redactor(settings.secrets())
         self.spec = spec
         self.validators = validators
         self.upstream = upstream
@@ -106,6 +112,11 @@ class Pipeline:
         except SidecarError as error:
             scope.close()
             return self.refuse(ex, error)
+        except STORE_ERRORS as exc:  # keys, budgets or reports could not be read: not this request's fault
+            scope.close()
+            if self.store is None:
+                raise
+            return self.refuse(ex, self.store.down(exc))
         except BaseException:
             scope.close()
             raise
@@ -192,10 +203,20 @@ class Pipeline:
         headers = self._upstream_headers(op, target, body, req.headers)
         self.accountant.trace_headers(ex, headers)
         sent = self.clock.monotonic()
-        upstream = scope.upstream = self.upstream.send(target, op.method, path, req.query_string.decode("latin-1"),
-                                                       headers, body.payload)
-        ex.upstream_latency = self.clock.monotonic() - sent
-        return self.respond(ex, upstream, scope)
+        deadline = Deadline(self.settings.total_timeout, self.clock)
+        try:
+            with deadline.bounded():  # until the answer is read whole, or its relay starts
+                upstream = scope.upstream = self.upstream.send(target, op.method, path,
+                                                               req.query_string.decode("latin-1"), headers, body.payload)
+                ex.upstream_latency = self.clock.monotonic() - sent
+                return self.respond(ex, upstream, scope, deadline)
+        except DeadlineExceeded:
+            raise self._too_late(deadline) from None
+
+    @staticmethod
+    def _too_late(deadline: Deadline) -> UpstreamTimeout:
+        return UpstreamTimeout(f"Upstream did not finish its answer within {deadline.seconds:g} s "
+                               "(SIDECAR_TOTAL_TIMEOUT).", code="upstream_total_timeout")
 
     def _upstream_headers(self, op: Operation, target, body: bodies.Body, client_headers) -> dict:
         headers = outbound_headers(client_headers, target, op.auth, drop=self.drop_outbound)
@@ -205,14 +226,14 @@ class Pipeline:
             headers["Content-Type"] = "application/json"
         return headers
 
-    def respond(self, ex: Exchange, upstream, scope: Scope) -> Response:
-        """Relay the upstream answer: SSE and non-JSON bodies streamed, JSON read to account usage;
-        ``scope`` is closed when the answer has been sent (or cut)."""
+    def respond(self, ex: Exchange, upstream, scope: Scope, deadline: Deadline | None = None) -> Response:
+        """Relay the upstream answer: SSE and non-JSON bodies streamed, JSON read to account usage (within
+        ``deadline``, SIDECAR_TOTAL_TIMEOUT); ``scope`` is closed when the answer has been sent (or cut)."""
         ex.status = upstream.status_code
         ctype = upstream.headers.get("Content-Type", "")
         is_sse = "text/event-stream" in ctype
         if not is_sse and "json" in ctype:
-            return self._respond_json(ex, upstream, scope)
+            return self._respond_json(ex, upstream, scope, deadline or Deadline(self.settings.total_timeout, self.clock))
         return self._relay(ex, upstream, scope, is_sse)
 
     def _relay(self, ex: Exchange, upstream, scope: Scope, is_sse: bool, chunks=None) -> Response:
@@ -230,19 +251,24 @@ class Pipeline:
             headers.append(("Content-Length", length))
         closing = (lambda: self.accountant.cost_comment(ex, meter)) if meter is not None and ex.status < 400 else None
         relay = RelayBody(upstream, chunks=chunks, on_chunk=meter.feed if meter else None, on_close=finish,
-                          is_sse=is_sse, closing=closing, clock=self.clock)
+                          is_sse=is_sse, closing=closing, clock=self.clock,
+                          idle_timeout=self.settings.stream_idle_timeout if is_sse else None)
         return Response(relay, upstream.status_code, headers, direct_passthrough=True)
 
-    def _respond_json(self, ex: Exchange, upstream, scope: Scope) -> Response:
+    def _respond_json(self, ex: Exchange, upstream, scope: Scope, deadline: Deadline) -> Response:
         chunks, read = upstream_chunks(upstream), bytearray()
         try:
             for chunk in chunks:
+                if deadline.passed():  # where nothing can interrupt a read (not gevent), between reads
+                    raise DeadlineExceeded()
                 read += chunk
                 if len(read) > JSON_ACCOUNT_LIMIT:
                     log.info("JSON answer above %d bytes relayed as a stream, unaccounted", JSON_ACCOUNT_LIMIT)
                     return self._relay(ex, upstream, scope, False, itertools.chain((bytes(read),), chunks))
-        except RELAY_ERRORS as exc:
+        except (*RELAY_ERRORS, DeadlineExceeded) as exc:
             scope.close()
+            if isinstance(exc, DeadlineExceeded):
+                return self.refuse(ex, self._too_late(deadline))
             if isinstance(exc, (urllib3.exceptions.ReadTimeoutError, TimeoutError)):
                 return self.refuse(ex, UpstreamTimeout("Upstream stopped sending its answer midway."))
             return self.refuse(ex, UpstreamUnavailable("Upstream response was cut before it finished."))
@@ -250,15 +276,15 @@ class Pipeline:
         content = bytes(read)
         if ex.operation_id == dialect.LIST_MODELS and ex.status == 200 and self.router.aliases:
             content = dialect.with_models(content, self.router.model_cards())
+        content = self.redactor.data(content)
         self.accountant.account_body(ex, content)
         headers = self._relay_headers(ex, upstream)
         headers.extend(self.accountant.response_headers(ex))
         self.accountant.finish(ex)
         return Response(content, upstream.status_code, headers)
 
-    @staticmethod
-    def _relay_headers(ex: Exchange, upstream, drop=frozenset()) -> list[tuple[str, str]]:
-        headers = inbound_headers(upstream.headers, drop)
+    def _relay_headers(self, ex: Exchange, upstream, drop=frozenset()) -> list[tuple[str, str]]:
+        headers = self.redactor.headers(inbound_headers(upstream.headers, drop))
         headers.append(("x-request-id", ex.request_id))
         return headers
 

@@ -18,6 +18,19 @@ from sidecar.upstream.client import RELAY_ERRORS, upstream_chunks
 DONE_LINE = b"data: [DONE]"
 
 
+class StreamIdle(Exception):
+    """No complete event within the stream idle timeout."""
+
+
+def _lower_read_timeout(response, seconds: float) -> None:
+    """Cap the read timeout of the socket under a urllib3 response (replayed answers have none)."""
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is not None:
+        current = sock.gettimeout()
+        if current is None or current > seconds:
+            sock.settimeout(seconds)
+
+
 class RelayBody:
     """The WSGI iterable for a relayed body; ``on_chunk`` sees each chunk, ``on_close`` runs once.
     ``chunks`` continues a body the pipeline already started reading (default: read it from the start).
@@ -25,10 +38,10 @@ class RelayBody:
     cost comment); ``first_chunk_at`` is when the first chunk was relayed (time to first chunk)."""
 
     __slots__ = ("response", "chunks", "on_chunk", "on_close", "is_sse", "closing", "error", "first_chunk_at",
-                 "clock", "_closed")
+                 "clock", "idle_timeout", "_closed")
 
     def __init__(self, response: requests.Response, *, chunks=None, on_chunk=None, on_close=None,
-                 is_sse: bool = False, closing=None, clock: Clock = SYSTEM):
+                 is_sse: bool = False, closing=None, clock: Clock = SYSTEM, idle_timeout: float | None = None):
         self.response = response
         self.clock = clock
         self.chunks = chunks
@@ -38,12 +51,26 @@ class RelayBody:
         self.closing = closing
         self.error: str | None = None
         self.first_chunk_at: float | None = None
+        # SSE: the longest wait for the next complete event. An upstream that trickles bytes without ever
+        # finishing an event is cut here; one that sends nothing at all, by the socket's read timeout,
+        # which this lowers to the same value for the rest of the stream.
+        self.idle_timeout = idle_timeout
+        if idle_timeout is not None:
+            _lower_read_timeout(response, idle_timeout)
         self._closed = False
 
     def __iter__(self):
-        on_chunk, closing = self.on_chunk, self.closing
+        on_chunk, closing, idle = self.on_chunk, self.closing, self.idle_timeout
+        monotonic = self.clock.monotonic
+        last_event = monotonic()
         try:
             for chunk in self.chunks if self.chunks is not None else upstream_chunks(self.response):
+                if idle is not None:
+                    now = monotonic()
+                    if b"\n\n" in chunk or b"\r\n\r\n" in chunk:
+                        last_event = now
+                    elif now - last_event > idle:
+                        raise StreamIdle()
                 if self.first_chunk_at is None:
                     self.first_chunk_at = self.clock.monotonic()
                 if on_chunk is not None:
@@ -62,6 +89,10 @@ class RelayBody:
                 extra = closing()
                 if extra:
                     yield extra
+        except StreamIdle:
+            self.error = "upstream stream idle"
+            yield sse.error_event(f"The upstream sent no complete event for {idle:g} s (SIDECAR_STREAM_IDLE_TIMEOUT).",
+                                  type="upstream_error", code="stream_idle_timeout")
         except RELAY_ERRORS as exc:
             self.error = f"upstream stream interrupted: {type(exc).__name__}"
             if self.is_sse:

@@ -15,6 +15,7 @@ from sidecar.core import errors
 from sidecar.core.dialect import OPENAI_PATHS
 from sidecar.core.spec import Endpoint, flask_rule
 from sidecar.web import passthrough
+from sidecar.web.guard import HostGuard
 
 PREFIXES = ("", "/mistral")
 
@@ -41,8 +42,13 @@ class SpecDispatcher:
 
     def __init__(self, app: Flask, wsgi_app, pipeline, routes: dict[tuple[str, str], Endpoint]):
         self.app, self.wsgi_app, self.pipeline, self.routes = app, wsgi_app, pipeline, routes
+        self.guard = HostGuard(pipeline.settings)  # first, on every request: see web/guard.py
 
     def __call__(self, environ, start_response):
+        refused = self.guard.refusal(environ)
+        if refused is not None:
+            body, status, headers = errors.render(refused)
+            return Response(body, status, headers)(environ, start_response)
         endpoint = self.routes.get((environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")))
         if endpoint is None:
             return self.wsgi_app(environ, start_response)
@@ -130,6 +136,7 @@ def _http_error(exc: HTTPException, req=None) -> Response:
 
 def _unexpected(exc: Exception, req=None) -> Response:
     req = request if req is None else req
-    logging.getLogger("sidecar").exception("unhandled error on %s %s", req.method, req.path)
+    rule = getattr(req, "url_rule", None)  # the rule, not the path: a client may have put a key in the path
+    logging.getLogger("sidecar").exception("unhandled error on %s %s", req.method, rule.rule if rule else req.path)
     body, status, headers = errors.render(errors.SidecarError("Internal error in the sidecar."))
     return Response(body, status, headers)

@@ -294,7 +294,7 @@ def _send_and_leave(url: str, fault: str) -> None:
     host, port = url.removeprefix("http://").split(":")
     payload = json.dumps(dict(CHAT, stream=True)).encode()
     with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"X-Fault: %s\r\nContent-Length: %d\r\n\r\n" % (fault.encode(), len(payload)) + payload)
         received = b""
         while b"data: " not in received:

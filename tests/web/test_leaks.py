@@ -208,3 +208,42 @@ def test_a_virtual_key_cannot_read_another_keys_info_or_spend(guarded, fake):
             assert response.status_code in (200, 400, 401, 403, 422), response.get_data()
             text = response.get_data(as_text=True)
             assert bob["token"] not in text and '"bob"' not in text, f"{op.path}{query} showed bob's spend: {text}"
+
+
+# -- an upstream that echoes its credential; a client that puts a key where it is logged -------------------
+def test_an_upstream_echoing_its_key_has_it_scrubbed_from_headers_and_json(guarded, fake):
+    def echo(request):
+        key = request.headers["Authorization"].split()[-1]
+        body = {"object": "error", "message": f"bad key {key}", "type": "auth", "param": None, "code": "401"}
+        return Response(json.dumps(body), 401, {"Content-Type": "application/json", "X-Echo-Key": key,
+                                                "X-Echo-Auth": f"Bearer {key}; scope=all"})
+    fake.on("POST", "/v1/chat/completions", echo)
+    response = guarded.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {MASTER}"})
+    assert fake.last.headers["Authorization"] == f"Bearer {MISTRAL_KEY}"  # the echo really had it
+    assert response.status_code == 401
+    _assert_clean("relayed headers", json.dumps(dict(response.headers)), _secrets())
+    _assert_clean("a JSON answer", response.get_data(as_text=True), _secrets())
+    assert response.headers["X-Echo-Key"] == "<scrubbed>"
+    assert response.headers["X-Echo-Auth"] == "Bearer <scrubbed>; scope=all"
+    assert response.json["message"] == "bad key <scrubbed>"
+    assert int(response.headers["Content-Length"]) == len(response.get_data())
+
+
+def test_a_key_the_client_puts_in_a_path_or_header_is_kept_out_of_logs_and_spend(guarded, fake, caplog):
+    caplog.set_level(logging.INFO)
+    virtual = _virtual_key(guarded)["key"]
+    fake.on("GET", f"/v1/models/{virtual}", json_body={"id": "x", "object": "model"})
+    fake.on("GET", f"/v1/models/{MISTRAL_KEY}", json_body={"id": "x", "object": "model"})
+    for secret in (virtual, MISTRAL_KEY, MASTER):
+        response = guarded.get(f"/v1/models/{secret}", headers={
+            "Authorization": f"Bearer {virtual}", "x-request-id": secret, "x-end-user": f"user {secret}"})
+        assert response.status_code < 500
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("sidecar"))
+    assert "/v1/models/" in text or "retrieve_model" in text  # the lines were written
+    _assert_clean("log lines", text, _secrets(virtual))
+    spend = guarded.application.extensions["sidecar"].accountant.spend
+    spend.flush()
+    rows = spend.logs({}, size=100)["logs"]
+    assert len(rows) >= 3
+    _assert_clean("spend records", json.dumps(rows), _secrets(virtual))
+    assert any(row["model"] == "<scrubbed>" for row in rows)

@@ -64,7 +64,7 @@ def test_client_disconnect_closes_the_upstream_stream(served, fake):
     host, port = served.removeprefix("http://").split(":")
     payload = json.dumps(CHAT).encode()
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n" % len(payload) + payload)
         received = b""
         sock.settimeout(10)

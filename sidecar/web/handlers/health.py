@@ -1,7 +1,8 @@
 """The sidecar's own health routes: answered locally, never by calling upstream.
 
-Readiness asks a ``Readiness`` built by the factory: named probes, each saying why the sidecar
-cannot serve yet (``None`` when it can). A probe that raises counts as failing, named by its error.
+Readiness asks a ``Readiness`` built by the factory: named probes (the store, and Redis when limits are
+shared through it), each bounded in time and saying why the sidecar cannot serve (``None`` when it can).
+Liveness only says the worker answers.
 """
 
 from __future__ import annotations
@@ -11,8 +12,13 @@ from collections.abc import Callable
 from flask import jsonify
 
 from sidecar.core.config import PROVIDERS
+from sidecar.deadline import Deadline, DeadlineExceeded
 
 Probe = Callable[[], "str | None"]  # None: ready; else why not (no secret: the answer is public)
+PROBE_SECONDS = 2.0
+# What a Redis outage means, shown in the readiness answer as it is documented (README, SECURITY.md).
+REDIS_DOWN = ("fail closed: keys with rpm, tpm or parallel limits get 503 limiter_unavailable; "
+              "keys without limits are still served")
 
 
 class Readiness:
@@ -25,17 +31,19 @@ class Readiness:
         self.probes[name] = probe
 
     def failing(self) -> dict[str, str]:
-        """Probe name -> why it fails; empty when ready."""
+        """Probe name -> why it fails; empty when ready. Each probe gets ``PROBE_SECONDS`` (under gevent)."""
         found = {}
         for name, probe in self.probes.items():
             try:
-                reason = probe()
+                with Deadline(PROBE_SECONDS).bounded():
+                    reason = probe()
+            except DeadlineExceeded:
+                reason = f"no answer within {PROBE_SECONDS:g} s"
             except Exception as exc:  # a probe that cannot even run is the clearest "not ready"
                 reason = f"{type(exc).__name__}"
             if reason is not None:
                 found[name] = reason
         return found
-
 
 def liveliness(pipeline, ex, body, path_params):
     return jsonify(status="ok")
@@ -43,6 +51,8 @@ def liveliness(pipeline, ex, body, path_params):
 
 def readiness(pipeline, ex, body, path_params):
     checks = {"spec_operations": len(pipeline.spec.operations), "upstream_mode": pipeline.settings.upstream_mode}
+    if "limiter" in pipeline.readiness.probes:
+        checks["limiter_down_policy"] = REDIS_DOWN
     failing = pipeline.readiness.failing()
     if failing:
         response = jsonify(status="not_ready", failing=failing, **checks)
