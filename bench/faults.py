@@ -272,10 +272,19 @@ def postgres_url() -> tuple[str | None, str]:
         return None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
 
 
+def _records(schema: str) -> int:
+    import psycopg
+
+    with psycopg.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres", autocommit=True) as connection:
+        return connection.execute(f'SELECT count(*) FROM "{schema}".spend_logs').fetchone()[0]
+
+
 def store_outage(url: str, proxy: TcpProxy, schema: str, seconds: float) -> None:
     key = requests.post(url + "/key/generate", json={"key_alias": "faults"}, timeout=10).json()["key"]
+    time.sleep(1)  # the writers flush every 50 ms: what came before the outage is written
+    before = _records(schema)
     statuses: dict[int, int] = {}
-    sent = 1  # /key/generate
+    sent = 0
     ready_during = None
     proxy.stop()
     end = time.monotonic() + seconds
@@ -292,10 +301,7 @@ def store_outage(url: str, proxy: TcpProxy, schema: str, seconds: float) -> None
         time.sleep(0.2)
     recovered = time.monotonic() - back_at
     time.sleep(8)  # the writers' backoff is at most 5 s
-    import psycopg
-
-    with psycopg.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres", autocommit=True) as connection:
-        records = connection.execute(f'SELECT count(*) FROM "{schema}".spend_logs').fetchone()[0]
+    records = _records(schema) - before
     row(f"store down {seconds:g} s: readiness", "503 naming the store", str(ready_during), ready_during == 503)
     row(f"store down {seconds:g} s: requests", "503 store_unavailable when needed, no 500",
         json.dumps(statuses), 500 not in statuses and statuses.get(503, 0) > 0)
