@@ -185,7 +185,7 @@ def machine() -> dict:
 
 def scenarios(plan: dict, direct: str, bodies: dict, quick: bool) -> list[tuple[str, object, set | None]]:
     """(name, measure(side) -> dict, the sides it runs on: None for every side but direct)."""
-    everyone = {"direct", "floor", "sidecar", "portkey", "litellm"}
+    everyone = {"direct", "floor", "sidecar", "sidecar+otel", "portkey", "litellm"}
     proxies = None
     out = [(f"throughput_c{c}", lambda s, c=c: throughput(s, c, plan["throughput_seconds"]), everyone)
            for c in (16, 64)]

@@ -45,7 +45,8 @@ def seed(app) -> None:
         for day in range(13, -1, -1):
             for _ in range(rng.randint(4, 12)):
                 model = rng.choice(MODELS[:3] if alias != "nightly-batch" else MODELS[2:])
-                usage = Usage(prompt_tokens=rng.randint(2_000, 60_000), completion_tokens=rng.randint(200, 8_000))
+                prompt, completion = rng.randint(2_000, 60_000), rng.randint(200, 8_000)
+                usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
                 ex = Exchange(f"req-{rng.getrandbits(48):x}", "chat_completion_v1_chat_completions_post", "POST",
                               "/v1/chat/completions", wall_time=now - day * 86400 - rng.uniform(0, 3600),
                               caller=caller, model=model, end_user=rng.choice(USERS), status=200,

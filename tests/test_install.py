@@ -54,6 +54,7 @@ def test_the_wheel_carries_the_spec_the_contracts_the_migrations_and_the_license
         inside = {n[len("sidecar/_shipped/"):] for n in names if n.startswith(f"sidecar/_shipped/{name}")}
         assert inside == expected, name
     assert "sidecar/core/prices.yaml" in names and "sidecar/__main__.py" in names
+    assert {"sidecar/web/ui/index.html", "sidecar/web/ui/app.js", "sidecar/web/ui/app.css"} <= names  # the dashboard
     assert any(n.startswith("sidecar/store/migrations/versions/") for n in names)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert not any(n.startswith(("tests/", "bench/")) for n in names)

@@ -305,6 +305,8 @@ def _where(filters: dict) -> list:
     for name in ("end_user", "model", "operation"):
         if filters.get(name):
             where.append(getattr(spend_logs.c, name) == filters[name])
+    if filters.get("proxied"):  # Mistral's operations only, not the sidecar's own routes (key admin, reports)
+        where.append(sa.not_(spend_logs.c.operation.startswith("sidecar_", autoescape=True)))
     if filters.get("start") is not None:
         where.append(spend_logs.c.ts >= filters["start"])
     if filters.get("end") is not None:

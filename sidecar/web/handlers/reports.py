@@ -18,7 +18,8 @@ def _filters(pipeline, ex) -> dict:
     args = request.args
     filters = {"key_hash": args.get("key_hash"), "key_alias": args.get("key_alias"), "end_user": args.get("end_user"),
                "model": args.get("model"), "operation": args.get("operation"),
-               "start": parse_time(args.get("start"), "start"), "end": parse_time(args.get("end"), "end")}
+               "start": parse_time(args.get("start"), "start"), "end": parse_time(args.get("end"), "end"),
+               "proxied": args.get("proxied", "").lower() == "true"}
     caller = ex.caller
     if caller is not None and not caller.is_master:
         filters["key_hash"], filters["key_alias"] = caller.key_hash, None  # a virtual key reads only itself

@@ -245,7 +245,7 @@ function useBar(used, limit, format = num) {
 
 async function keyView(token) {
   const [answer, logs] = await Promise.all([api("/key/info" + query({ key: token })),
-    api("/spend/logs" + query({ key_hash: token, page_size: 20 }))]);
+    api("/spend/logs" + query({ key_hash: token, proxied: true, page_size: 20 }))]);
   const k = answer.info, state = answer.limits_state || {};
   const message = el("p", { class: "error", role: "alert" });
   const form = el("form", { class: "inline", id: "update-key" },
@@ -279,7 +279,9 @@ function logTable(logs) {
     { title: "Operation", cell: (r) => [r.operation, r.streamed ? el("span", { class: "tag", title: "streamed" }, "stream") : null] },
     { title: "Model", cell: (r) => r.model || "—" },
     { title: "Status", num: true, cell: (r) => r.status },
-    { title: "Tokens", num: true, cell: (r) => r.total_tokens === null ? (r.pages ? `${r.pages} pages` : "—") : num(r.total_tokens) },
+    { title: "Usage", num: true, cell: (r) => r.pages ? `${num(r.pages)} pages` : r.audio_seconds ? `${num(r.audio_seconds)} s`
+      : r.characters ? `${num(r.characters)} chars` : r.prompt_tokens === null ? "—"
+      : `${num(r.prompt_tokens)} + ${num(r.completion_tokens)} tok` },
     { title: "Cost", num: true, cell: (r) => [usd(r.cost), r.estimated ? el("span", { class: "tag est", title: "estimated (the stream was cut before its usage)" }, "est.") : null] },
     { title: "ms", num: true, cell: (r) => num(Math.round(r.latency_ms)) },
   ], logs, "No requests match.");
@@ -287,7 +289,7 @@ function logTable(logs) {
 
 async function requestsView(params) {
   const fields = ["key_alias", "end_user", "model", "operation", "start", "end"];
-  const logs = await api("/spend/logs" + query({ ...params, page_size: 100 }));
+  const logs = await api("/spend/logs" + query({ ...params, proxied: true, page_size: 100 }));
   const form = el("form", { class: "inline", id: "filters" },
     fields.map((name) => el("label", {}, name.replace("_", " "),
       el("input", { name, size: 14, value: params[name] || null, placeholder: name === "start" || name === "end" ? "2026-01-31" : null }))),
@@ -299,7 +301,8 @@ async function requestsView(params) {
     location.hash = "#/requests" + query(chosen);
   });
   return el("div", {}, el("h2", {}, "Recent requests"),
-    el("div", { class: "card" }, form, el("p", { class: "muted" }, `${num(logs.total_count)} records`)),
+    el("div", { class: "card" }, form,
+      el("p", { class: "muted" }, `${num(logs.total_count)} requests to Mistral (the sidecar's own routes are left out)`)),
     el("div", { class: "card", id: "request-list" }, logTable(logs.logs)));
 }
 
