@@ -33,7 +33,7 @@ def _files(top: Path) -> set[str]:
 def wheel(tmp_path_factory) -> Path:
     """The wheel built from a copy of this checkout, offline (the test venv holds setuptools)."""
     source = tmp_path_factory.mktemp("source")
-    ignore = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*cache",
+    ignore = shutil.ignore_patterns(".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".*cache",
                                     "*.sqlite3*", "bench", "tests")
     shutil.copytree(ROOT, source / "checkout", ignore=ignore)
     out = tmp_path_factory.mktemp("wheel")

@@ -1,9 +1,9 @@
 """Storage: one SQLAlchemy engine (embedded SQLite by default, PostgreSQL by ``DATABASE_URL``) and
 its versioned Alembic migrations, shipped inside the package and run programmatically.
 
-SQLite files are migrated automatically at start-up (a file lock keeps workers from racing);
-PostgreSQL is shared, so it is migrated deliberately (``mistral-sidecar migrate``, the Procfile's
-release step) and start-up only checks that the schema is current.
+``mistral-sidecar migrate`` applies them, and the gunicorn master runs it before forking (sidecar/startup.py;
+a file lock for SQLite, an advisory lock for PostgreSQL keep concurrent starts safe). Workers then only check
+that the schema is current; an embedded SQLite file opened outside gunicorn is migrated on the spot.
 """
 
 from __future__ import annotations
@@ -126,4 +126,4 @@ def open_engine(settings) -> sa.Engine:
         migrate(engine)
         return engine
     raise StoreError(f"database schema is at {current or 'nothing'}, this sidecar needs {head}: "
-                     "run `mistral-sidecar migrate` (the Procfile's release step does)")
+                     "run `mistral-sidecar migrate` (every `mistral-sidecar serve` start does)")
