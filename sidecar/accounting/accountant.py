@@ -90,6 +90,8 @@ class Accountant:
             return
         model = ex.model or usage.model or _requested_model(ex.request_json)
         ex.model = model  # agents and conversations may name no model in a field the spec declares
+        if ex.priced_as is not None:  # the deployment that answered bills under its own name
+            model = ex.priced_as
         ex.cost = self.prices.cost(model, usage)
         if ex.cost is None and model not in self._unpriced_warned:
             # Once per model and process: an unpriced model in heavy use must not flood the log.
@@ -190,7 +192,7 @@ class Accountant:
             "ts": round(self.clock.wall(), 3), "request_id": ex.request_id, "method": ex.method, "route": ex.route,
             "operation": ex.operation_id, "status": ex.status, "latency_ms": round(ex.latency * 1000, 2),
             "upstream_ms": round(ex.upstream_latency * 1000, 2) if ex.upstream_latency is not None else None,
-            "model": ex.model, "stream": ex.stream, "key_alias": ex.key_alias,
+            "model": ex.model, "deployment": ex.deployment, "stream": ex.stream, "key_alias": ex.key_alias,
             "key": key_hash[:12] if key_hash else None, "end_user": ex.end_user,
             **counts, "cost": ex.cost, "error": ex.error,
         }

@@ -40,14 +40,15 @@ MAX_BATCH = 2000  # rows per transaction
 SPEND_TTL = 0.5
 # Probes and scrapes are not spend: a liveness check every few seconds would bury the real records.
 UNRECORDED = frozenset({"sidecar_health_liveliness", "sidecar_health_readiness", "sidecar_metrics"})
-GROUPS = ("key", "model", "end_user", "day", "day_model")
+GROUPS = ("key", "model", "deployment", "end_user", "day", "day_model")
 
 
 def spend_record(ex) -> dict:
     """The ``spend_logs`` row of a finished exchange (no secret: the key appears only as its hash)."""
     return {
         "ts": ex.wall_time, "request_id": ex.request_id, "key_hash": ex.key_hash, "key_alias": ex.key_alias,
-        "end_user": ex.end_user, "model": _short(ex.model), "operation": ex.operation_id, "route": _short(ex.route, 512),
+        "end_user": ex.end_user, "model": _short(ex.model), "deployment": _short(ex.deployment),
+        "operation": ex.operation_id, "route": _short(ex.route, 512),
         "status": ex.status or 0,
         **usage_counts(ex.usage),
         "cost": ex.cost, "latency_ms": round(ex.latency * 1000, 3),
@@ -250,7 +251,7 @@ class SpendLog:
 
 
 ROW_COLUMNS = (  # the keys of spend_record, in the order the SQLite insert binds them
-    "ts", "request_id", "key_hash", "key_alias", "end_user", "model", "operation", "route", "status",
+    "ts", "request_id", "key_hash", "key_alias", "end_user", "model", "deployment", "operation", "route", "status",
     "prompt_tokens", "completion_tokens", "total_tokens", "pages", "audio_seconds", "characters", "cost",
     "latency_ms", "upstream_ms", "streamed", "error")
 
@@ -287,6 +288,8 @@ def _group_columns(group_by: str, dialect: str) -> list:
         return [spend_logs.c.key_hash, spend_logs.c.key_alias]
     if group_by == "model":
         return [spend_logs.c.model]
+    if group_by == "deployment":
+        return [spend_logs.c.deployment]
     if group_by == "end_user":
         return [spend_logs.c.end_user]
     days = spend_logs.c.ts / 86400
@@ -302,7 +305,7 @@ def _where(filters: dict) -> list:
         where.append(spend_logs.c.key_hash == filters["key_hash"])
     if filters.get("key_alias"):
         where.append(spend_logs.c.key_alias == filters["key_alias"])
-    for name in ("end_user", "model", "operation"):
+    for name in ("end_user", "model", "deployment", "operation"):
         if filters.get(name):
             where.append(getattr(spend_logs.c, name) == filters[name])
     if filters.get("proxied"):  # Mistral's operations only, not the sidecar's own routes (key admin, reports)

@@ -11,14 +11,18 @@ their ``os.environ/NAME`` be unset.
 
 from __future__ import annotations
 
+import collections
+import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
 import yaml
+
+from sidecar.core.deployments import Limits, RouterSettings, parse_router_settings
 
 ENV_REF = re.compile(r"os\.environ/([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -28,13 +32,31 @@ PROVIDERS: Mapping[str, tuple[str | None, str]] = MappingProxyType({
     "codestral": ("https://codestral.mistral.ai", "CODESTRAL_API_KEY"),
     "text-completion-codestral": ("https://codestral.mistral.ai", "CODESTRAL_API_KEY"),
 })
+# Mistral models on the clouds: reached only through a model_list entry (their credentials live there).
+# provider -> {litellm_params key: environment fallback}
+CLOUDS: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType({
+    "azure_ai": MappingProxyType({"api_key": ("AZURE_AI_API_KEY",), "api_base": ("AZURE_AI_API_BASE",),
+                                  "api_version": ()}),
+    "vertex_ai": MappingProxyType({"vertex_project": ("VERTEXAI_PROJECT",), "vertex_location": ("VERTEXAI_LOCATION",),
+                                   "vertex_credentials": ("VERTEXAI_CREDENTIALS", "GOOGLE_APPLICATION_CREDENTIALS"),
+                                   "api_base": ()}),
+    "bedrock": MappingProxyType({
+        "aws_access_key_id": ("AWS_ACCESS_KEY_ID",), "aws_secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
+        "aws_session_token": ("AWS_SESSION_TOKEN",),
+        "aws_region_name": ("AWS_REGION_NAME", "AWS_REGION", "AWS_DEFAULT_REGION"),
+        "aws_bedrock_runtime_endpoint": ("AWS_BEDROCK_RUNTIME_ENDPOINT",)}),
+})
+CLOUD_SECRETS = frozenset({"api_key", "vertex_credentials", "aws_secret_access_key", "aws_session_token"})
+CLOUD_REQUIRED = MappingProxyType({"azure_ai": ("api_base", "api_key"), "vertex_ai": ("vertex_project", "vertex_credentials"),
+                                   "bedrock": ("aws_access_key_id", "aws_secret_access_key", "aws_region_name")})
 PRICE_KEYS = frozenset({
     "input_cost_per_token", "output_cost_per_token", "input_cost_per_page", "output_cost_per_page",
     "input_cost_per_second", "output_cost_per_second", "input_cost_per_character", "output_cost_per_character",
     "cache_read_input_token_cost", "ocr_cost_per_page", "annotation_cost_per_page",
 })
 TOP_KEYS = frozenset({"model_list", "general_settings", "litellm_settings", "router_settings", "environment_variables"})
-PARAM_KEYS = frozenset({"model", "api_key", "api_base", "rpm", "tpm", "timeout", "max_retries"}) | PRICE_KEYS
+PARAM_KEYS = (frozenset({"model", "api_key", "api_base", "rpm", "tpm", "weight", "order", "timeout", "max_retries"})
+              | PRICE_KEYS | frozenset(k for keys in CLOUDS.values() for k in keys))
 MODEL_KEYS = frozenset({"model_name", "litellm_params", "model_info"})
 GENERAL_KEYS = frozenset({"master_key", "database_url", "pass_through_endpoints"})
 PASS_KEYS = frozenset({"path", "target", "headers", "forward_headers", "include_subpath", "auth"})
@@ -46,7 +68,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One ``model_list`` entry: the alias clients send and where it really goes."""
+    """One ``model_list`` entry: a deployment of the alias clients send, and where it really goes."""
 
     alias: str
     provider: str
@@ -54,6 +76,9 @@ class ModelEntry:
     api_key: str | None = field(default=None, repr=False)
     api_base: str | None = None  # None: the sidecar's default Mistral base
     prices: Mapping[str, float] = field(default_factory=dict)
+    name: str = ""  # the deployment's name in logs, metrics and spend records (see _name_deployments)
+    limits: Limits = Limits()
+    cloud: Mapping[str, str] = field(default_factory=dict, repr=False)  # CLOUDS params, secrets included
 
 
 @dataclass(frozen=True)
@@ -75,14 +100,16 @@ class Config:
     master_key: str | None = field(default=None, repr=False)
     database_url: str | None = field(default=None, repr=False)
     pass_through: tuple[PassThroughEndpoint, ...] = ()
+    router: RouterSettings = RouterSettings()
     warnings: tuple[str, ...] = ()
     provider_keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # e.g. codestral: CODESTRAL_API_KEY
     secret_values: frozenset[str] = field(default=frozenset(), repr=False)
 
     @property
     def model_prices(self) -> Mapping[str, Mapping[str, float]]:
-        """Per-alias price overrides from ``model_info`` / ``litellm_params`` (for the price table)."""
-        return MappingProxyType({m.alias: m.prices for m in self.models if m.prices})
+        """Per-deployment price overrides from ``model_info`` / ``litellm_params`` (for the price table);
+        a model with one deployment is named by its alias."""
+        return MappingProxyType({m.name: m.prices for m in self.models if m.prices})
 
     def secrets(self) -> tuple[str, ...]:
         return tuple(sorted(self.secret_values))
@@ -170,6 +197,40 @@ def _prices(reader: _Reader, *sources: tuple[Mapping, str]) -> dict[str, float]:
     return prices
 
 
+def _number(reader: _Reader, node, key: str, kind=int):
+    if node is None:
+        return None
+    if isinstance(node, bool) or not isinstance(node, (int, float)) or node < 0 or (kind is int and node != int(node)):
+        raise reader.fail(key, f"must be a non-negative {'integer' if kind is int else 'number'}, got {node!r}")
+    return kind(node)
+
+
+def _cloud(reader: _Reader, provider: str, params: Mapping, where: str) -> dict[str, str]:
+    """A cloud deployment's parameters, each from litellm_params or else its environment variables."""
+    found: dict[str, str] = {}
+    for key, variables in CLOUDS[provider].items():
+        value = params.get(key)
+        if key == "vertex_credentials" and isinstance(value, Mapping):  # the service account inline, as YAML
+            value = json.dumps(dict(value))
+        value = reader.string(value, f"{where}.{key}", secret=key in CLOUD_SECRETS)
+        for variable in variables if value is None else ():
+            value = reader.env.get(variable) or None
+            if value is not None:
+                if key in CLOUD_SECRETS:
+                    reader.secrets.add(value)
+                break
+        if value is not None:
+            found[key] = value
+    missing = [key for key in CLOUD_REQUIRED[provider] if key not in found]
+    if missing:
+        hint = " or ".join(CLOUDS[provider][missing[0]]) or "litellm_params"
+        raise reader.fail(f"{where}.{missing[0]}", f"is required for {provider} (or set {hint})")
+    for key in ("api_base", "aws_bedrock_runtime_endpoint"):
+        if key in found:
+            found[key] = reader.url(found[key], f"{where}.{key}")
+    return found
+
+
 def _model(reader: _Reader, node, index: int) -> ModelEntry:
     where = f"model_list[{index}]"
     node = reader.mapping(node, where)
@@ -182,11 +243,21 @@ def _model(reader: _Reader, node, index: int) -> ModelEntry:
     provider, slash, name = full.partition("/")
     if not slash or not name:
         provider, name = "mistral", full
-    if provider not in PROVIDERS:
+    if provider not in PROVIDERS and provider not in CLOUDS:
         raise reader.fail(f"{where}.litellm_params.model",
-                          f"provider '{provider}' is not served here (use one of {', '.join(PROVIDERS)})")
+                          f"provider '{provider}' is not served here (use one of {', '.join([*PROVIDERS, *CLOUDS])})")
+    p = f"{where}.litellm_params"
+    limits = Limits(rpm=_number(reader, params.get("rpm"), f"{p}.rpm"), tpm=_number(reader, params.get("tpm"), f"{p}.tpm"),
+                    weight=_number(reader, params.get("weight"), f"{p}.weight", float),
+                    order=_number(reader, params.get("order"), f"{p}.order"))
+    prices = _prices(reader, (params, p), (info, f"{where}.model_info"))
+    given_id = reader.string(info.get("id"), f"{where}.model_info.id")
+    if provider in CLOUDS:
+        cloud = _cloud(reader, provider, params, p)
+        return ModelEntry(alias, provider, name, cloud.get("api_key"), cloud.get("api_base"),
+                          MappingProxyType(prices), given_id or "", limits, MappingProxyType(cloud))
     default_base, key_variable = PROVIDERS[provider]
-    api_key = reader.string(params.get("api_key"), f"{where}.litellm_params.api_key", secret=True,
+    api_key = reader.string(params.get("api_key"), f"{p}.api_key", secret=True,
                             upstream=True) or None
     if params.get("api_key") is None and default_base is not None:
         api_key = reader.env.get(key_variable) or None
@@ -195,9 +266,25 @@ def _model(reader: _Reader, node, index: int) -> ModelEntry:
         elif reader.upstream_keys:
             reader.warnings.append(f"{reader.path}: {where}.litellm_params.api_key: not set and {key_variable} is "
                                    f"not set either: calls to {alias!r} will reach {default_base} without a key")
-    base = reader.url(params.get("api_base"), f"{where}.litellm_params.api_base") or default_base
-    prices = _prices(reader, (params, f"{where}.litellm_params"), (info, f"{where}.model_info"))
-    return ModelEntry(alias, provider, name, api_key, base, MappingProxyType(prices))
+    base = reader.url(params.get("api_base"), f"{p}.api_base") or default_base
+    return ModelEntry(alias, provider, name, api_key, base, MappingProxyType(prices), given_id or "", limits)
+
+
+def _name_deployments(reader: _Reader, models: tuple[ModelEntry, ...]) -> tuple[ModelEntry, ...]:
+    """Each deployment's name: its ``model_info.id``, else the alias when the alias has one
+    deployment, else ``alias#n`` in file order. Names are label values: few, stable, no secrets."""
+    counts = collections.Counter(m.alias for m in models)
+    seen: collections.Counter = collections.Counter()
+    named = []
+    for entry in models:
+        seen[entry.alias] += 1
+        name = entry.name or (entry.alias if counts[entry.alias] == 1 else f"{entry.alias}#{seen[entry.alias]}")
+        named.append(replace(entry, name=name))
+    names = [m.name for m in named]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise reader.fail("model_list", f"deployment name {duplicated[0]!r} is used twice (model_info.id must be unique)")
+    return tuple(named)
 
 
 def _pass_through(reader: _Reader, node, index: int) -> PassThroughEndpoint:
@@ -248,16 +335,10 @@ def parse(document, path: Path, env: Mapping[str, str], *, upstream_keys: bool =
     models_node = root.get("model_list") or []
     if not isinstance(models_node, list):
         raise reader.fail("model_list", "must be a list")
-    models = tuple(_model(reader, node, i) for i, node in enumerate(models_node))
-    aliases = [m.alias for m in models]
-    duplicated = sorted({a for a in aliases if aliases.count(a) > 1})
-    if duplicated:  # LiteLLM load-balances duplicates; we route one alias to one deployment
-        raise reader.fail("model_list", f"model_name {duplicated[0]!r} is listed more than once")
+    models = _name_deployments(reader, tuple(_model(reader, node, i) for i, node in enumerate(models_node)))
     general = reader.mapping(root.get("general_settings"), "general_settings")
     reader.warn_unknown(general, GENERAL_KEYS, "general_settings.")
-    for ignored in ("litellm_settings", "router_settings"):
-        if root.get(ignored):
-            reader.warnings.append(f"{path}: {ignored}: not used by mistral-sidecar, ignored")
+    router = parse_router_settings(reader, root)  # fallbacks may name models outside model_list, as requests may
     endpoints_node = general.get("pass_through_endpoints") or []
     if not isinstance(endpoints_node, list):
         raise reader.fail("general_settings.pass_through_endpoints", "must be a list")
@@ -274,6 +355,7 @@ def parse(document, path: Path, env: Mapping[str, str], *, upstream_keys: bool =
         master_key=reader.string(general.get("master_key"), "general_settings.master_key", secret=True),
         database_url=reader.string(general.get("database_url"), "general_settings.database_url", secret=True),
         pass_through=endpoints,
+        router=router,
         warnings=tuple(reader.warnings),
         provider_keys=MappingProxyType(provider_keys),
         secret_values=frozenset(reader.secrets),

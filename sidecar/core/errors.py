@@ -91,10 +91,12 @@ class RateLimited(SidecarError):
 
 class UpstreamUnavailable(SidecarError):
     status, type, code = 502, "upstream_error", "upstream_unavailable"
+    failover = True  # nothing reached the upstream: another deployment may be tried
 
 
 class UpstreamTimeout(SidecarError):
     status, type, code = 504, "upstream_error", "upstream_timeout"
+    failover = False  # the upstream may be working on it (and billing it); set True for connect timeouts
 
 
 class NoContract(SidecarError):

@@ -46,6 +46,8 @@ class Exchange:
     wall_time: float = 0.0  # the clock's wall reading then: the spend record's timestamp
     caller: Caller | None = None  # None: an operation without auth (health)
     model: str | None = None
+    deployment: str | None = None  # the deployment that answered (config name, provider or "default")
+    priced_as: str | None = None  # the price table's name for what it bills, when not the model itself
     end_user: str | None = None
     stream: bool = False
     status: int = 0

@@ -46,6 +46,7 @@ spend_logs = sa.Table(
     sa.Column("key_alias", sa.String(255)),
     sa.Column("end_user", sa.String(256)),
     sa.Column("model", sa.String(255)),
+    sa.Column("deployment", sa.String(255)),  # which deployment of the model answered (migration 0002)
     sa.Column("operation", sa.String(255), nullable=False),
     sa.Column("route", sa.String(512), nullable=False),
     sa.Column("status", sa.Integer, nullable=False),

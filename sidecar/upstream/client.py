@@ -54,7 +54,8 @@ def outbound_headers(client_headers, target: Target, auth: str, drop: frozenset[
         if low in DROP_OUTBOUND or low in drop or low.startswith("x-sidecar-"):
             continue
         headers[name] = value
-    headers.update(target.credentials(auth))
+    if target is not None:  # None: a cloud transport adds its own credentials
+        headers.update(target.credentials(auth))
     return headers
 
 
@@ -240,7 +241,9 @@ class Upstream:
 
     def _error(self, exc: requests.exceptions.RequestException):
         if isinstance(exc, requests.exceptions.ConnectTimeout):
-            return UpstreamTimeout(f"Upstream did not accept a connection within {self.timeout[0]:g} s")
+            error = UpstreamTimeout(f"Upstream did not accept a connection within {self.timeout[0]:g} s")
+            error.failover = True  # no connection, so nothing was sent
+            return error
         if isinstance(exc, requests.exceptions.ReadTimeout):
             return UpstreamTimeout(f"Upstream did not answer within {self.timeout[1]:g} s")
         return UpstreamUnavailable(f"Upstream unreachable: {type(exc).__name__}")

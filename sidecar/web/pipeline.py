@@ -18,6 +18,7 @@ from sidecar.clock import SYSTEM, Clock
 from sidecar.core import dialect
 from sidecar.core.errors import (
     BadRequest,
+    NotFound,
     SidecarError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -29,7 +30,8 @@ from sidecar.core.router import ModelRouter
 from sidecar.core.spec import Endpoint, Operation, resolve
 from sidecar.deadline import Deadline, DeadlineExceeded
 from sidecar.store.health import STORE_ERRORS
-from sidecar.upstream.client import inbound_headers, outbound_headers
+from sidecar.upstream.client import _retry_after_seconds, inbound_headers, outbound_headers
+from sidecar.upstream.clouds import Outbound, transport_for
 from sidecar.web import body as bodies
 from sidecar.web.handlers.health import Readiness
 from sidecar.web.relay import RELAY_ERRORS, RelayBody, upstream_chunks
@@ -49,6 +51,13 @@ def _segment(name: str, value) -> str:
     if value in (".", ".."):
         raise BadRequest(f"Path parameter '{name}' may not be '{value}'.", param=name, code="invalid_path_parameter")
     return quote(value, safe="")
+
+
+def _supports(op: Operation):
+    """Whether a deployment serves ``op``: Mistral's API serves every operation, a cloud a few."""
+    def supports(deployment) -> bool:
+        return deployment.transport is None or deployment.transport.supports(op)
+    return supports
 
 
 def _request_id(headers) -> str:
@@ -77,7 +86,8 @@ class Pipeline:
         self.handlers = handlers
         # model -> (Target, upstream model name): config.yaml aliases, provider prefixes, else the default
         self.router = router or ModelRouter.from_config(getattr(settings, "config", None), upstream.default_target,
-                                                         clock)
+                                                         transport_for, clock=clock)
+        accountant.sinks.append(self.router.settle)  # a finished answer frees its deployment, counts its tokens
         self.drop_outbound = frozenset({settings.end_user_header, "x-request-id"})
 
     # -- the view ---------------------------------------------------------------------------------
@@ -194,24 +204,92 @@ class Pipeline:
 
     def _forward(self, op: Operation, ex: Exchange, body: bodies.Body, path_params: dict, scope: Scope,
                  req) -> Response:
-        target = self.upstream.default_target
-        if self.router is not None and ex.model:
-            target, upstream_model = self.router.resolve(ex.model)
-            if upstream_model != ex.model and isinstance(body.json, dict):
-                body.edit_json("model", upstream_model)
+        """Try the model's deployments in the router's order until one answers with something other
+        than 429, 5xx or a connection failure, all before a byte reaches the client and within one
+        total deadline; the last answer is relayed whatever it is."""
         path = op.path.format(**{k: _segment(k, v) for k, v in path_params.items()})
-        headers = self._upstream_headers(op, target, body, req.headers)
-        self.accountant.trace_headers(ex, headers)
-        sent = self.clock.monotonic()
+        query = req.query_string.decode("latin-1")
+        plan = self.router.plan(ex.model, _supports(op)) if ex.model else [(self.router.default, None)]
+        if not plan:
+            providers = sorted({d.provider for d, _m in self.router.candidates(ex.model)})
+            raise NotFound(f"Model '{ex.model}' is deployed on {', '.join(providers)} only, which does not offer "
+                           f"{op.method} {op.path}: that operation exists only on Mistral's own API.",
+                           param="model", code="operation_not_on_deployment")
         deadline = Deadline(self.settings.total_timeout, self.clock)
         try:
             with deadline.bounded():  # until the answer is read whole, or its relay starts
-                upstream = scope.upstream = self.upstream.send(target, op.method, path,
-                                                               req.query_string.decode("latin-1"), headers, body.payload)
-                ex.upstream_latency = self.clock.monotonic() - sent
-                return self.respond(ex, upstream, scope, deadline)
+                for n, (deployment, model) in enumerate(plan):
+                    upstream, sent = self._attempt(op, ex, body, path, query, req, deployment, model,
+                                                   n == len(plan) - 1, len(plan))
+                    if upstream is None:
+                        continue
+                    scope.upstream = upstream
+                    ex.deployment, ex.priced_as = deployment.name, deployment.priced_as
+                    ex.upstream_latency = self.clock.monotonic() - sent
+                    return self.respond(ex, upstream, scope, deadline)
         except DeadlineExceeded:
             raise self._too_late(deadline) from None
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _attempt(self, op: Operation, ex: Exchange, body: bodies.Body, path: str, query: str, req, deployment,
+                 model: str | None, last: bool, planned: int):
+        """One deployment tried: (its answer, when it was sent), or (None, _) to go on to the next."""
+        if model and isinstance(body.json, dict) and body.json.get("model") != model:
+            body.edit_json("model", model)
+        sent = self.clock.monotonic()
+        self.router.balancer.started(deployment)
+        try:
+            upstream = self._send(deployment, op, path, query, body, req.headers, ex, model)
+        except (UpstreamUnavailable, UpstreamTimeout) as error:
+            self._attempted(ex, deployment, error.code, last or not error.failover, planned, failed=True)
+            if last or not error.failover:
+                raise
+            return None, sent
+        except BaseException:  # refused before it was sent (a field Bedrock cannot take...), or the deadline
+            self.router.balancer.finished(deployment.name)
+            raise
+        status = upstream.status_code
+        failed = status == 429 or status >= 500
+        self._attempted(ex, deployment, status, last, planned, failed=failed,
+                        retry_after=upstream.headers.get("Retry-After"))
+        if failed and not last:
+            upstream.close()
+            return None, sent
+        return upstream, sent
+
+    def _send(self, deployment, op: Operation, path: str, query: str, body: bodies.Body, client_headers,
+              ex: Exchange, model: str | None):
+        """One attempt: Mistral's own API through the upstream client, or a cloud's transport."""
+        if deployment.transport is None:
+            headers = self._upstream_headers(op, deployment.target, body, client_headers)
+            self.accountant.trace_headers(ex, headers)
+            return self.upstream.send(deployment.target, op.method, path, query, headers, body.payload)
+        headers = self._upstream_headers(op, None, body, client_headers)
+        self.accountant.trace_headers(ex, headers)
+        call = Outbound(op, path, query, headers, body.payload, body.json, ex.stream, model or "")
+        return deployment.transport.send(self.upstream, call)
+
+    def _attempted(self, ex: Exchange, deployment, outcome, last: bool, planned: int, *, failed: bool,
+                   retry_after=None) -> None:
+        """One attempt's end: the balancer learns it, metrics count it, a failure is logged when there
+        was another way to go (a lone attempt is the access log's line). An attempt whose answer is
+        relayed stays in flight until the exchange finishes (``ModelRouter.settle``)."""
+        balancer = self.router.balancer
+        cooled = 0.0
+        if failed:
+            cooled = balancer.failed(deployment.name, rate_limited=outcome == 429,
+                                     retry_after=_retry_after_seconds(retry_after, self.clock.wall()))
+            if not last or not isinstance(outcome, int):  # not relayed: no longer in flight
+                balancer.finished(deployment.name)
+        metrics = self.accountant.metrics
+        if metrics is not None:
+            metrics.deployment_attempt(deployment.name, "error" if failed and last else "retry" if failed else "ok")
+            if cooled:
+                metrics.deployment_cooldown(deployment.name)
+        if failed and planned > 1:
+            log.warning("request %s: deployment %s failed (%s)%s; %s", ex.request_id, deployment.name, outcome,
+                        f", cooling down {cooled:g} s" if cooled else "",
+                        "no deployment left to try" if last else "trying the next one")
 
     @staticmethod
     def _too_late(deadline: Deadline) -> UpstreamTimeout:
@@ -219,6 +297,7 @@ class Pipeline:
                                "(SIDECAR_TOTAL_TIMEOUT).", code="upstream_total_timeout")
 
     def _upstream_headers(self, op: Operation, target, body: bodies.Body, client_headers) -> dict:
+        """The outbound headers; ``target`` None leaves credentials to a cloud transport."""
         headers = outbound_headers(client_headers, target, op.auth, drop=self.drop_outbound)
         if body.file is not None:
             headers["Content-Length"] = str(body.size)

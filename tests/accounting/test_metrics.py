@@ -56,7 +56,8 @@ def test_label_values_stay_few(client, fake):
     text = client.get("/metrics").get_data(as_text=True)
     assert "made-up" not in text and "u7" not in text
     labels = {name for (_, pairs) in samples(text) for name, _ in pairs}
-    assert labels <= {"operation", "status", "model", "direction", "le"}
+    assert labels <= {"operation", "status", "model", "direction", "le", "deployment", "outcome"}
+    assert {v for (name, pairs) in samples(text) for k, v in pairs if k == "deployment"} == {"default"}
 
 
 def test_open_streams_gauge_goes_up_and_down(client, fake):

@@ -126,10 +126,13 @@ def test_settings_take_master_key_and_database_from_the_config_unless_the_enviro
 def test_the_router_resolves_aliases_provider_prefixes_and_passes_unknown_models():
     default = Target("http://mistral.local", "sk-default")
     router = ModelRouter.from_config(load(CONFIGS / "codestral.yaml", ENV), default)
-    target, model = router.resolve("codestral")
+    def resolve(model):
+        (deployment, upstream_model), = router.plan(model)
+        return deployment.target, upstream_model
+    target, model = resolve("codestral")
     assert (target.base_url, target.api_key, model) == ("https://codestral.mistral.ai", "sk-codestral-secret-2",
                                                         "codestral-latest")
-    assert router.resolve("small") == (default, "mistral-small-latest")
-    assert router.resolve("mistral/mistral-large-latest") == (default, "mistral-large-latest")
-    assert router.resolve("codestral/codestral-2508")[0].base_url == "https://codestral.mistral.ai"
-    assert router.resolve("open-mistral-7b") == (default, "open-mistral-7b")
+    assert resolve("small") == (default, "mistral-small-latest")
+    assert resolve("mistral/mistral-large-latest") == (default, "mistral-large-latest")
+    assert resolve("codestral/codestral-2508")[0].base_url == "https://codestral.mistral.ai"
+    assert resolve("open-mistral-7b") == (default, "open-mistral-7b")

@@ -1,5 +1,5 @@
 """The spend report routes: ``GET /spend/logs`` (the records, filtered and paged) and ``GET /spend/report``
-(totals grouped by key, model, end user or day), over ``spend.SpendLog``.
+(totals grouped by key, model, deployment, end user or day), over ``spend.SpendLog``.
 
 The master key sees everything; a virtual key sees only its own records, whatever it asks for.
 """
@@ -17,7 +17,7 @@ from sidecar.core.errors import BadRequest
 def _filters(pipeline, ex) -> dict:
     args = request.args
     filters = {"key_hash": args.get("key_hash"), "key_alias": args.get("key_alias"), "end_user": args.get("end_user"),
-               "model": args.get("model"), "operation": args.get("operation"),
+               "model": args.get("model"), "deployment": args.get("deployment"), "operation": args.get("operation"),
                "start": parse_time(args.get("start"), "start"), "end": parse_time(args.get("end"), "end"),
                "proxied": args.get("proxied", "").lower() == "true"}
     caller = ex.caller
