@@ -238,3 +238,15 @@ def test_a_throttled_bedrock_deployment_falls_over_to_azure(mistral, clouds, app
         rows = connection.execute(sa.text("SELECT model, deployment FROM spend_logs")).all()
     engine.dispose()
     assert [tuple(r) for r in rows] == [("pooled", "pooled-azure")] * 2
+
+
+def test_a_cloud_deployment_bills_at_its_clouds_price_and_the_record_names_it(client, app, settings):
+    response = client.post("/v1/chat/completions", json={"model": "mistral-7b", "messages": MESSAGES})
+    expected = round(11 * 0.15 / 1e6 + 4 * 0.2 / 1e6, 10)  # Bedrock's price of Mistral 7B, not Mistral's
+    assert float(response.headers["x-sidecar-cost"]) == pytest.approx(expected)
+    app.extensions["sidecar"].accountant.spend.flush()
+    engine = sa.create_engine(settings.database_url)
+    with engine.connect() as connection:
+        row = connection.execute(sa.text("SELECT model, deployment, cost, prompt_tokens FROM spend_logs")).one()
+    engine.dispose()
+    assert tuple(row) == ("mistral-7b", "mistral-7b", pytest.approx(expected), 11)

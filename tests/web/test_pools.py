@@ -120,12 +120,14 @@ def test_a_model_falls_back_to_another_when_its_deployments_fail(configure, fake
 
 
 def test_a_connection_error_moves_on_to_the_next_deployment(configure, second):
-    hole = Blackhole()
+    hole = Blackhole()  # accepts no connection: the connect times out
     try:
         answers(second, "from b")
-        client = configure(pool_config("http://127.0.0.1:9", second.url)).test_client()  # port 9: refused
+        client = configure(pool_config(hole.url, second.url)).test_client()
         response = client.post("/v1/chat/completions", json={"model": "large", "messages": MESSAGES})
         assert response.status_code == 200 and response.json["choices"][0]["message"]["content"] == "from b"
+        refused = configure(pool_config("http://127.0.0.1:9", second.url)).test_client()  # port 9: refused
+        assert refused.post("/v1/chat/completions", json={"model": "large", "messages": MESSAGES}).status_code == 200
     finally:
         hole.close()
 
