@@ -98,6 +98,7 @@ class Metrics:
         self.open_streams = Gauge("sidecar_open_streams", "Streamed responses being relayed now.",
                                   multiprocess_mode="livesum", **on)
         self._children: dict[tuple, tuple] = {}
+        self._attempt_children: dict[tuple[str, str], object] = {}  # (deployment, outcome) -> counter child
         self._requests: dict[tuple, object] = {}  # (operation, status) -> its sidecar_requests child
 
     def _family(self, operation: str, model: str) -> tuple:
@@ -145,8 +146,12 @@ class Metrics:
             self.tts_characters.labels(operation, model).inc(usage.characters)
 
     def deployment_attempt(self, deployment: str, outcome: str) -> None:
-        """One upstream attempt on a named deployment; ``outcome`` is ``ok``, ``retry`` or ``error``."""
-        self.deployment_attempts.labels(deployment, outcome).inc()
+        """One upstream attempt on a named deployment; ``outcome`` is ``ok``, ``retry`` or ``error``.
+        Called for every proxied request, so the label child is cached like ``sidecar_requests``'s."""
+        child = self._attempt_children.get((deployment, outcome))
+        if child is None:
+            child = self._attempt_children[(deployment, outcome)] = self.deployment_attempts.labels(deployment, outcome)
+        child.inc()
 
     def deployment_cooldown(self, deployment: str) -> None:
         self.deployment_cooldowns.labels(deployment).inc()
