@@ -74,7 +74,7 @@ class Telemetry:
         common = {"gen_ai.operation.name": operation, "gen_ai.provider.name": PROVIDER, **self.server}
         if ex.model:
             common["gen_ai.request.model"] = ex.model
-        response_model = getattr(u, "model", None) or ex.model
+        response_model = (u.model if u is not None else None) or ex.model
         if response_model:
             common["gen_ai.response.model"] = response_model
         error = ex.error or (str(ex.status) if ex.status >= 400 or not ex.status else None)
@@ -116,7 +116,7 @@ class Telemetry:
                 found["sidecar.tts.characters"] = u.characters
             if u.estimated:
                 found["sidecar.cost.estimated"] = True
-        alias = getattr(ex.caller, "alias", None)
+        alias = ex.key_alias
         if alias:
             found["sidecar.key_alias"] = alias
         if ex.end_user:
