@@ -61,7 +61,6 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
     clock = clock or SYSTEM
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec, validators = load_compiled(settings.spec_path)
-    handlers = {**health.HANDLERS, **admin.HANDLERS, **metrics.HANDLERS, **reports.HANDLERS, **ui.HANDLERS}
     engine = open_engine(settings)
     keys = KeyStore(engine, clock=clock)
     store = StoreWatch(engine, clock)
@@ -73,6 +72,10 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
     readiness = health.Readiness({"store": store.check})
     if isinstance(limits.counters, RedisCounters):
         readiness.add("limiter", limits.counters.probe)
+    meter = metrics.Metrics(settings.metrics_dir, known_models=prices.names())
+    handlers = {**health.handlers(readiness, len(spec.operations), settings),
+                **admin.handlers(keys, spend_log, limits), **metrics.handlers(meter),
+                **reports.handlers(spend_log, prices), **ui.handlers()}
     pipeline = Pipeline(
         settings=settings,
         spec=spec,
@@ -80,14 +83,14 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
         upstream=Upstream(settings, adapter=adapter or transports.adapter_for(settings, spec, clock), clock=clock),
         authenticator=Authenticator(settings.master_key, keys=keys),
         accountant=Accountant(prices=prices, limits=limits, sinks=[limits.record, spend_log.record],
-                              metrics=metrics.Metrics(settings.metrics_dir, known_models=prices.names()),
+                              metrics=meter,
                               spend=spend_log, log_bodies=settings.log_bodies, clock=clock,
                               telemetry=telemetry or observability.for_settings(settings), redactor=redactor),
         handlers=handlers,
         clock=clock,
-        readiness=readiness,
         redactor=redactor,
         store=store,
+        auth_overrides={"sidecar_metrics": "master"} if settings.metrics_auth else None,
     )
     _SHUTDOWN.append(pipeline.upstream.close)
     _SHUTDOWN.append(spend_log.close)  # before the engine goes: it writes the last spend records
@@ -96,5 +99,6 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
     app = Flask("sidecar")
     app.config["MAX_CONTENT_LENGTH"] = None
     app.extensions["sidecar"] = pipeline
+    app.extensions["sidecar.readiness"] = readiness
     routes.register(app, pipeline)
     return app

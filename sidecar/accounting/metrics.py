@@ -173,14 +173,11 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def scrape(pipeline, ex, body, path_params):
-    """Handler of ``GET /metrics``: open like the probes, or for the master key only (``SIDECAR_METRICS_AUTH``)."""
-    from flask import Response, request
+def handlers(metrics: Metrics) -> dict:
+    """``GET /metrics``: open like the probes, or for the master key only (``SIDECAR_METRICS_AUTH``,
+    applied by the pipeline as the operation's security)."""
+    from flask import Response
 
-    if pipeline.settings.metrics_auth:
-        ex.caller = pipeline.auth.authenticate(request.headers)
-        pipeline.auth.require_master(ex.caller)
-    return Response(pipeline.accountant.metrics.scrape(), 200, {"Content-Type": CONTENT_TYPE})
-
-
-HANDLERS = {"metrics.scrape": scrape}
+    def scrape(call):
+        return Response(metrics.scrape(), 200, {"Content-Type": CONTENT_TYPE})
+    return {"metrics.scrape": scrape}

@@ -33,7 +33,7 @@ from sidecar.store.health import STORE_ERRORS
 from sidecar.upstream.client import _retry_after_seconds, inbound_headers, outbound_headers
 from sidecar.upstream.clouds import Outbound, transport_for
 from sidecar.web import body as bodies
-from sidecar.web.handlers.health import Readiness
+from sidecar.web.handlers import OwnRequest
 from sidecar.web.relay import RELAY_ERRORS, RelayBody, upstream_chunks
 from sidecar.web.scope import Scope
 
@@ -71,9 +71,10 @@ class Pipeline:
     """Holds the collaborators built once at start-up and runs each request through them."""
 
     def __init__(self, settings, spec, validators, upstream, authenticator, accountant, handlers, router=None,
-                 clock: Clock = SYSTEM, readiness=None, redactor=None, store=None):
+                 clock: Clock = SYSTEM, redactor=None, store=None, auth_overrides=None):
         self.settings = settings
-        self.readiness = readiness or Readiness()  # what /health/readiness asks
+        # operation id -> security decided at start-up where a setting changes the spec's (SIDECAR_METRICS_AUTH)
+        self.auth_overrides = dict(auth_overrides or {})
         self.clock = clock
         self.store = store  # store.health.StoreWatch: a request that finds the store down gets 503, logged once
         # Secrets out of what an upstream echoes back: relayed headers and JSON answers (streams are not read).
@@ -100,8 +101,9 @@ class Pipeline:
         ex = self.exchange(headers, op.id, op.method, endpoint.path)
         scope = Scope()
         try:
-            caller = ex.caller = self.auth.authenticate(headers) if op.auth != "none" else None
-            if op.auth == "master":  # before the body: only the master key learns what the route accepts
+            security = self.auth_overrides.get(op.id, op.auth)
+            caller = ex.caller = self.auth.authenticate(headers) if security != "none" else None
+            if security == "master":  # before the body: only the master key learns what the route accepts
                 self.auth.require_master(caller)
             body = scope.body = self._read_body(op, req)
             self._translate(op, body, req.path)
@@ -115,7 +117,7 @@ class Pipeline:
                 self.auth.authorize_model(caller, ex.model)
             scope.release = self.accountant.admit(ex)
             if op.handler is not None:
-                response = self.handlers[op.handler](self, ex, body, path_params)
+                response = self.handlers[op.handler](OwnRequest(ex, body, path_params, req.args))
                 scope.close()
                 return self._finish_plain(ex, response)
             return self._forward(op, ex, body, path_params, scope, req)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 
 def test_readiness_is_ready_when_every_probe_passes(app, client):
-    app.extensions["sidecar"].readiness.add("always", lambda: None)
+    app.extensions["sidecar.readiness"].add("always", lambda: None)
     response = client.get("/health/readiness")
     assert response.status_code == 200 and response.json["status"] == "ready"
     assert response.json["spec_operations"] > 100 and "failing" not in response.json
 
 
 def test_readiness_names_the_probes_that_fail(app, client):
-    readiness = app.extensions["sidecar"].readiness
+    readiness = app.extensions["sidecar.readiness"]
     readiness.add("store", lambda: "the database does not answer")
 
     def broken():

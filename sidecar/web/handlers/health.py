@@ -13,6 +13,7 @@ from flask import jsonify
 
 from sidecar.core.config import PROVIDERS
 from sidecar.deadline import Deadline, DeadlineExceeded
+from sidecar.web.handlers import OwnRequest
 
 Probe = Callable[[], "str | None"]  # None: ready; else why not (no secret: the answer is public)
 PROBE_SECONDS = 2.0
@@ -45,22 +46,6 @@ class Readiness:
                 found[name] = reason
         return found
 
-def liveliness(pipeline, ex, body, path_params):
-    return jsonify(status="ok")
-
-
-def readiness(pipeline, ex, body, path_params):
-    checks = {"spec_operations": len(pipeline.spec.operations), "upstream_mode": pipeline.settings.upstream_mode}
-    if "limiter" in pipeline.readiness.probes:
-        checks["limiter_down_policy"] = REDIS_DOWN
-    failing = pipeline.readiness.failing()
-    if failing:
-        response = jsonify(status="not_ready", failing=failing, **checks)
-        response.status_code = 503
-        return response
-    return jsonify(status="ready", **checks)
-
-
 def endpoints(settings) -> list[dict]:
     """Each place calls can go (the default Mistral upstream, then config.yaml's aliases), with the reason it
     cannot serve when the sidecar lacks what a call needs; decided from settings, never by calling upstream."""
@@ -77,15 +62,31 @@ def endpoints(settings) -> list[dict]:
     return [endpoint for endpoint, _key, _where in found]
 
 
-def models(pipeline, ex, body, path_params):
-    """LiteLLM's ``GET /health`` answer, from what the sidecar holds; replay needs no key."""
-    found = endpoints(pipeline.settings)
-    healthy = [e for e in found if "error" not in e]
-    unhealthy = [e for e in found if "error" in e]
-    checked = ("replay: answered from contracts, no key needed" if pipeline.settings.upstream_mode == "replay"
-               else "configuration only: each endpoint has its key; Mistral is not called")
-    return jsonify(healthy_endpoints=healthy, unhealthy_endpoints=unhealthy, healthy_count=len(healthy),
-                   unhealthy_count=len(unhealthy), checked=checked)
+def handlers(readiness: Readiness, spec_operations: int, settings) -> dict:
+    """Liveness, readiness (``readiness``'s probes) and LiteLLM's ``GET /health`` (from ``settings``)."""
+    checks = {"spec_operations": spec_operations, "upstream_mode": settings.upstream_mode}
+    if "limiter" in readiness.probes:
+        checks["limiter_down_policy"] = REDIS_DOWN
 
+    def liveliness(call: OwnRequest):
+        return jsonify(status="ok")
 
-HANDLERS = {"health.liveliness": liveliness, "health.readiness": readiness, "health.models": models}
+    def ready(call: OwnRequest):
+        failing = readiness.failing()
+        if failing:
+            response = jsonify(status="not_ready", failing=failing, **checks)
+            response.status_code = 503
+            return response
+        return jsonify(status="ready", **checks)
+
+    def models(call: OwnRequest):
+        """LiteLLM's ``GET /health`` answer, from what the sidecar holds; replay needs no key."""
+        found = endpoints(settings)
+        healthy = [e for e in found if "error" not in e]
+        unhealthy = [e for e in found if "error" in e]
+        checked = ("replay: answered from contracts, no key needed" if settings.upstream_mode == "replay"
+                   else "configuration only: each endpoint has its key; Mistral is not called")
+        return jsonify(healthy_endpoints=healthy, unhealthy_endpoints=unhealthy, healthy_count=len(healthy),
+                       unhealthy_count=len(unhealthy), checked=checked)
+
+    return {"health.liveliness": liveliness, "health.readiness": ready, "health.models": models}

@@ -12,6 +12,7 @@ from pathlib import Path
 from flask import Response
 
 from sidecar.core.errors import NotFound
+from sidecar.web.handlers import OwnRequest
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
@@ -36,12 +37,13 @@ def _file(name: str) -> Response:
     return Response(content, 200, HEADERS, mimetype=mimetype)
 
 
-def page(pipeline, ex, body, path_params):
+def page(call: OwnRequest):
     return _file("index.html")
 
 
-def asset(pipeline, ex, body, path_params):
-    return _file(path_params["asset"])
+def asset(call: OwnRequest):
+    return _file(call.path_params["asset"])
 
 
-HANDLERS = {"ui.page": page, "ui.asset": asset}
+def handlers() -> dict:
+    return {"ui.page": page, "ui.asset": asset}
