@@ -101,10 +101,12 @@ def table(results: dict) -> str:
         load(key)
     row("added latency p50 ms, c=1", "added_latency", lambda r: r["added_ms"]["p50"], ".3f")
     row("added latency p99 ms, c=1", "added_latency", lambda r: r["added_ms"]["p99"], ".3f")
+    row("server CPU µs per request, c=1", "added_latency", lambda r: r["server_cpu_us_per_request"], "d")
     load("added_latency")
     for name in LARGE:
         row(f"{name}: added p50 ms, c=1", name, lambda r: r["added_ms"]["p50"], ".2f")
         row(f"{name}: added p99 ms, c=1", name, lambda r: r["added_ms"]["p99"], ".2f")
+        row(f"{name}: server CPU µs per request", name, lambda r: r["server_cpu_us_per_request"], "d")
         load(name)
     row("8 × 10 MB OCR at once: worker peak RSS / bodies", "held_8x10mb", lambda r: r["peak_over_bodies"], ".2f")
     load("held_8x10mb")

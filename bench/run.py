@@ -122,10 +122,15 @@ def throughput(side: Side, concurrency: int, seconds: float, path: str = CHAT, b
 
 def added_latency(direct: str, side: Side, count: int, path: str = CHAT, body_file: Path | None = None,
                   warmup: int | None = None) -> dict:
+    """Direct and proxied calls alternated at concurrency 1; also the proxy's CPU per call (from /proc)."""
     body = ["--body-file", body_file] if body_file else ["--body", PLAIN_BODY]
-    return loadgen("pairs", "--direct-url", direct + path, "--url", side.endpoint(path), *body, "--count", count,
-                   "--warmup", max(100, count // 10) if warmup is None else warmup,
-                   *header_args(side.headers, "--proxied-header"))
+    warmup = max(100, count // 10) if warmup is None else warmup
+    pids = tree_pids(side.pid)
+    before = peers.cpu_seconds(pids)
+    result = loadgen("pairs", "--direct-url", direct + path, "--url", side.endpoint(path), *body, "--count", count,
+                     "--warmup", warmup, *header_args(side.headers, "--proxied-header"))
+    result["server_cpu_us_per_request"] = round((peers.cpu_seconds(pids) - before) / (count + warmup) * 1e6)
+    return result
 
 
 def streams(side: Side, count: int, events: int, interval_ms: float, ramp: float, timeout: float = 120.0) -> dict:
@@ -251,11 +256,11 @@ def run(args) -> dict:
             traced.headers["Authorization"] = f"Bearer {virtual_key(otel_url)}"
             sides.append(traced)
             notes.append(f"sidecar+otel: the sidecar with spans and GenAI metrics exported over OTLP/HTTP to {sink}")
-        if not args.no_portkey:
+        if not args.no_portkey and "portkey" in args.sides:
             sides.append(peers.portkey(stack, direct, tmp, notes))
-        if not args.no_litellm:
+        if not args.no_litellm and "litellm" in args.sides:
             sides.append(peers.litellm(stack, direct, tmp, notes))
-        sides = [s for s in sides if s is not None]
+        sides = [s for s in sides if s is not None and s.name in args.sides]
         log(f"# upstream {direct}; " + ", ".join(f"{s.name} {s.url}" for s in sides[1:]) + f"; logs in {tmp}")
         for side in sides[1:]:
             if side.startup_cpu_s is None:
@@ -271,6 +276,8 @@ def run(args) -> dict:
             order = sides if round_no % 2 == 0 else sides[::-1]
             log(f"## round {round_no + 1}: " + " -> ".join(s.name for s in order))
             for name, fn, who in scenarios(plan, direct, bodies, quick):
+                if args.only and name not in args.only:
+                    continue
                 for side in order:
                     if (side.name != "direct" if who is None else side.name in who):
                         result = sc.setdefault(name, {}).setdefault(side.name, [])
@@ -323,6 +330,11 @@ def main(argv=None) -> int:
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--otel", action="store_true", help="add the sidecar with OpenTelemetry on (a local OTLP sink)")
     parser.add_argument("--no-portkey", action="store_true")
+    parser.add_argument("--only", type=lambda v: set(v.split(",")), default=None,
+                        help="comma-separated scenarios to run (default: all)")
+    parser.add_argument("--sides", type=lambda v: set(v.split(",")),
+                        default={"direct", "floor", "sidecar", "portkey", "litellm"},
+                        help="comma-separated sides to run (default: all installed)")
     parser.add_argument("--loadgen-cpu", type=int, default=0, help="the core the load generator is pinned to")
     parser.add_argument("--json-only", action="store_true", help="print only the final table")
     args = parser.parse_args(argv)

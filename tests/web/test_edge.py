@@ -159,6 +159,20 @@ def test_a_short_content_length_body_that_stalls_gets_408(sidecar):
     assert time.monotonic() - started < HEADER_TIMEOUT + 5
 
 
+def test_a_short_content_length_body_whose_client_stops_sending_gets_400(sidecar):
+    """The body is read straight from gunicorn's wsgi.input (no werkzeug LimitedStream): a body that
+    ends before its Content-Length is still the client's 400, not a truncated body forwarded."""
+    url, _log = sidecar
+    sock = _connect(url)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 100\r\nConnection: close\r\n\r\n{\"model\":")
+    sock.shutdown(socket.SHUT_WR)
+    status, _headers, body = _parse(_read_until_closed(sock))
+    sock.close()
+    assert status == 400, body[:300]
+    assert json.loads(body)["code"] == "invalid_body_framing"
+
+
 def test_headers_that_never_finish_are_closed_after_the_header_timeout(sidecar):
     url, _log = sidecar
     sock = _connect(url)
