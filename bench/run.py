@@ -256,19 +256,21 @@ def run(args) -> dict:
             traced.headers["Authorization"] = f"Bearer {virtual_key(otel_url)}"
             sides.append(traced)
             notes.append(f"sidecar+otel: the sidecar with spans and GenAI metrics exported over OTLP/HTTP to {sink}")
-        if not args.no_portkey and "portkey" in args.sides:
+        wanted = args.sides or {"direct", "floor", "sidecar", "sidecar+otel", "portkey", "litellm"}
+        if not args.no_portkey and "portkey" in wanted:
             sides.append(peers.portkey(stack, direct, tmp, notes))
-        if not args.no_litellm and "litellm" in args.sides:
+        if not args.no_litellm and "litellm" in wanted:
             sides.append(peers.litellm(stack, direct, tmp, notes))
-        sides = [s for s in sides if s is not None and s.name in args.sides]
-        log(f"# upstream {direct}; " + ", ".join(f"{s.name} {s.url}" for s in sides[1:]) + f"; logs in {tmp}")
-        for side in sides[1:]:
+        sides = [s for s in sides if s is not None and s.name in wanted]
+        proxies = [s for s in sides if s.name != "direct"]
+        log(f"# upstream {direct}; " + ", ".join(f"{s.name} {s.url}" for s in proxies) + f"; logs in {tmp}")
+        for side in proxies:
             if side.startup_cpu_s is None:
                 side.startup_cpu_s = round(peers.cpu_seconds(tree_pids(side.pid)), 2)
             results["idle"][side.name] = {"cold": idle(side)}
         for side in sides:  # warm every side: connection pools, the key cache, lazy imports
             throughput(side, 16, 1)
-        for side in sides[1:]:
+        for side in proxies:
             results["idle"][side.name]["warm"] = idle(side)
 
         sc = results["scenarios"]
@@ -332,8 +334,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-portkey", action="store_true")
     parser.add_argument("--only", type=lambda v: set(v.split(",")), default=None,
                         help="comma-separated scenarios to run (default: all)")
-    parser.add_argument("--sides", type=lambda v: set(v.split(",")),
-                        default={"direct", "floor", "sidecar", "portkey", "litellm"},
+    parser.add_argument("--sides", type=lambda v: set(v.split(",")), default=None,
                         help="comma-separated sides to run (default: all installed)")
     parser.add_argument("--loadgen-cpu", type=int, default=0, help="the core the load generator is pinned to")
     parser.add_argument("--json-only", action="store_true", help="print only the final table")
