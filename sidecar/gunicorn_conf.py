@@ -52,7 +52,8 @@ def _connection_cap(wanted: int) -> int:
     if soft != resource.RLIM_INFINITY and soft < needed:
         capped = max(100, (soft - 256) // 2)
         print(f"mistral-sidecar: open-file limit {soft} (ulimit -n) holds {capped} connections per worker, "
-              f"not SIDECAR_WORKER_CONNECTIONS={wanted}: raise the limit to {needed} to allow them", flush=True)
+              f"not SIDECAR_WORKER_CONNECTIONS={wanted}: raise the limit to {needed} to allow them", file=sys.stderr,
+              flush=True)
         return capped
     return wanted
 
@@ -61,6 +62,9 @@ def _connection_cap(wanted: int) -> int:
 # any real load means a flood of slow clients cannot take every slot (each is closed after
 # SIDECAR_HEADER_TIMEOUT anyway).
 worker_connections = _connection_cap(_settings.worker_connections)
+# Connections the kernel holds before a worker accepts them (capped by net.core.somaxconn): under a flood
+# of reconnecting clients a short queue drops a real client's SYN, which then waits 1-3 s to retry.
+backlog = 16384
 
 # The heartbeat runs in its own greenlet, so this only catches a worker that is truly stuck.
 timeout = 60

@@ -3,13 +3,15 @@
 gunicorn bounds only the whole wait for the next request (``keepalive``), and not at all a client that
 sends its headers or body a byte at a time. Here every connection's socket is wrapped so that each read
 knows its deadline: the request headers must be complete within ``SIDECAR_HEADER_TIMEOUT`` of the first
-byte (of the connection, or of the next request on a kept-alive one); an idle kept-alive connection is
-closed after ``SIDECAR_KEEPALIVE_TIMEOUT``; a body that pauses longer than ``SIDECAR_HEADER_TIMEOUT``
-raises ``TimeoutError`` in the body reader (a 408, see ``web/body.py``). Writes are never bounded here.
+byte (of the connection, or of the next request on a kept-alive one; a random half to all of it, so a
+flood is not closed in one wave); an idle kept-alive connection is closed after
+``SIDECAR_KEEPALIVE_TIMEOUT``; a body that pauses longer than ``SIDECAR_HEADER_TIMEOUT`` raises
+``TimeoutError`` in the body reader (a 408, see ``web/body.py``). Writes are never bounded here.
 """
 
 from __future__ import annotations
 
+import random
 import time
 
 import gevent
@@ -18,6 +20,12 @@ from gunicorn.workers.ggevent import GeventWorker
 from sidecar.settings import Settings
 
 HEADERS, BODY, IDLE = "headers", "body", "idle"
+
+
+def _spread(timeout: float) -> float:
+    """A headers deadline between half and all of ``timeout``: connections a flood opened together are
+    closed over a span of time, not in one wave whose reconnections would fill the listen backlog."""
+    return timeout * random.uniform(0.5, 1.0)
 
 
 class DeadlineSocket:
@@ -34,7 +42,7 @@ class DeadlineSocket:
         self._sock = sock
         self.header_timeout, self.keepalive_timeout = header_timeout, keepalive_timeout
         self.phase = HEADERS
-        self._deadline = time.monotonic() + header_timeout
+        self._deadline = time.monotonic() + _spread(header_timeout)
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
@@ -61,7 +69,7 @@ class DeadlineSocket:
         finally:
             sock.settimeout(None)
         if self.phase == IDLE and data:
-            self.phase, self._deadline = HEADERS, time.monotonic() + self.header_timeout
+            self.phase, self._deadline = HEADERS, time.monotonic() + _spread(self.header_timeout)
         return data
 
     def serving(self) -> None:

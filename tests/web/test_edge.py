@@ -194,7 +194,7 @@ def test_headers_that_never_finish_are_closed_after_the_header_timeout(sidecar):
             pass
     sock.close()
     assert closed_at is not None, "the connection was still open after 10 s of trickled headers"
-    assert HEADER_TIMEOUT * 0.9 <= closed_at - started < HEADER_TIMEOUT + 2
+    assert HEADER_TIMEOUT * 0.5 <= closed_at - started < HEADER_TIMEOUT + 2  # a random half to all of it
 
 
 def test_a_silent_connection_is_closed_after_the_header_timeout(sidecar):
@@ -202,7 +202,7 @@ def test_a_silent_connection_is_closed_after_the_header_timeout(sidecar):
     sock = _connect(url)
     started = time.monotonic()
     assert _read_until_closed(sock) == b""
-    assert HEADER_TIMEOUT * 0.9 <= time.monotonic() - started < HEADER_TIMEOUT + 2
+    assert HEADER_TIMEOUT * 0.5 <= time.monotonic() - started < HEADER_TIMEOUT + 2
     sock.close()
 
 
