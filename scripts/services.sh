@@ -20,4 +20,15 @@ if command -v redis-server >/dev/null 2>&1; then
 else
   echo "services: Redis is not installed; its tests will be skipped"
 fi
+# Chromium for the dashboard's browser tests comes from Debian's package (Playwright's own download
+# cannot work offline); installed when we may, else those tests skip with their reason.
+if [ ! -x /usr/bin/chromium ] && [ -z "${SIDECAR_CHROMIUM:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "services: installing Debian's chromium for the dashboard tests"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "services: chromium could not be installed; the dashboard's browser tests will be skipped"
+  else
+    echo "services: chromium is not installed (apt-get install chromium); the dashboard's browser tests will be skipped"
+  fi
+fi
 exit 0
