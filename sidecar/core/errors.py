@@ -124,3 +124,14 @@ def render(error: SidecarError) -> tuple[bytes, int, dict[str, str]]:
     """Serialise an error into (body, status, headers) for a WSGI response."""
     headers = {"Content-Type": "application/json", **error.headers}
     return json.dumps(error.body()).encode(), error.status, headers
+
+
+def observability_render(error: SidecarError) -> tuple[bytes, int, dict[str, str]]:
+    """An error in the ``ObservabilityError`` shape Mistral declares for its observability operations
+    (``{"detail": {"message", "error_code"}}``), so their SDK models parse the sidecar's refusals too."""
+    message = error.message
+    if isinstance(error, InvalidRequest):  # the field-level detail, folded into the one message
+        message = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', ()))}: {d.get('msg')}" for d in error.detail)
+    code = "VALIDATION_ERROR" if error.status in (400, 422) else "UNKNOWN_ERROR"
+    body = {"detail": {"message": message, "error_code": code}}
+    return json.dumps(body).encode(), error.status, {"Content-Type": "application/json", **error.headers}

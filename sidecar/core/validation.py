@@ -110,6 +110,8 @@ def _coercer(doc: dict, schema: dict):
     if "array" in types:
         items = (resolve(doc, schema) or {}).get("items") or {}
         one = _scalar_coercer(_types(doc, items) or scalar_types)
+        if "null" in types:  # `?mimetypes=`: an empty value of a nullable list is its null, as FastAPI reads it
+            return lambda values: None if values == [""] else [one(v) for v in values]
         return lambda values: [one(v) for v in values]
     one = _scalar_coercer(scalar_types)
     return lambda values: one(values[-1])

@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import urllib3
 from requests.adapters import HTTPAdapter
@@ -86,6 +87,9 @@ def asked_from(request) -> Asked:
     features: dict = {"headers": headers}
     if ctype == "multipart/form-data" and options.get("boundary") and body is not None:
         features["form"] = form_fields(body, options["boundary"])
+    elif ctype == "application/x-www-form-urlencoded" and body:
+        raw = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else b""
+        features["form"] = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
     elif body:
         raw = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else b""
         try:

@@ -10,6 +10,7 @@ import json
 import re
 import tempfile
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected
@@ -28,6 +29,7 @@ from sidecar.core.validation import SMALL_FIELD
 CHUNK = 64 * 1024
 SPOOL_IN_MEMORY = 1024 * 1024
 REPAIR_LIMIT = 1024 * 1024
+FORM_LIMIT = 1024 * 1024  # an url-encoded form holds text fields only (a file goes as multipart)
 # A JSON string, or a comma whose next non-blank character closes an object or array.
 _STRING_OR_TRAILING_COMMA = re.compile(r'"(?:\\.|[^"\\])*"|,(\s*[}\]])')
 
@@ -223,8 +225,16 @@ def read_multipart(request, limit: int) -> Body:
     """Spool a multipart body and note its part names and small text fields."""
     mimetype, options = parse_options_header(request.headers.get("Content-Type", ""))
     boundary = options.get("boundary")
+    if mimetype == "application/x-www-form-urlencoded":  # the SDK's transcription by file_url: fields, no file
+        raw = read_bytes(request, min(limit, FORM_LIMIT))
+        try:
+            fields = dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(raw.strip())))
+        except (UnicodeDecodeError, ValueError):
+            raise BadRequest("Malformed form body.", code="invalid_form") from None
+        return Body(raw=raw or None, size=len(raw), parts=frozenset(fields), fields=fields)
     if mimetype != "multipart/form-data" or not boundary:
-        raise UnsupportedMediaType("Expected a multipart/form-data body with a boundary.")
+        raise UnsupportedMediaType("Expected a multipart/form-data body with a boundary "
+                                   "(or application/x-www-form-urlencoded fields).")
     decoder = MultipartDecoder(boundary.encode("latin-1"), max_form_memory_size=None)
     scan = _PartScan()
 

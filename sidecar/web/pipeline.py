@@ -22,6 +22,7 @@ from sidecar.core.errors import (
     SidecarError,
     UpstreamTimeout,
     UpstreamUnavailable,
+    observability_render,
     render,
 )
 from sidecar.core.exchange import Exchange
@@ -90,6 +91,7 @@ class Pipeline:
                                                          transport_for, clock=clock)
         accountant.sinks.append(self.router.settle)  # a finished answer frees its deployment, counts its tokens
         self.drop_outbound = frozenset({settings.end_user_header, "x-request-id"})
+        self.observability_errors = observability_statuses(spec)
 
     # -- the view ---------------------------------------------------------------------------------
     def handle(self, endpoint: Endpoint, path_params: dict, req=None) -> Response:
@@ -141,7 +143,8 @@ class Pipeline:
         return ex
 
     def refuse(self, ex: Exchange, error) -> Response:
-        payload, status, headers = render(error)
+        shaped = error.status in self.observability_errors.get(ex.operation_id, ())
+        payload, status, headers = (observability_render if shaped else render)(error)
         headers["x-request-id"] = ex.request_id
         ex.status, ex.error = status, error.code or "invalid_request"
         self.accountant.finish(ex)
@@ -374,3 +377,17 @@ class Pipeline:
         response.headers["x-request-id"] = ex.request_id
         self.accountant.finish(ex)
         return response
+
+
+def observability_statuses(spec) -> dict[str, frozenset[int]]:
+    """Operation id -> the statuses for which it declares ``ObservabilityError``: computed once, read per refusal."""
+    found: dict[str, frozenset[int]] = {}
+    for item in spec.document.get("paths", {}).values():
+        for op in item.values():
+            if not isinstance(op, dict) or "operationId" not in op:
+                continue
+            statuses = frozenset(int(code) for code, response in (op.get("responses") or {}).items()
+                                 if code.isdigit() and "ObservabilityError" in repr(response))
+            if statuses:
+                found[op["operationId"]] = statuses
+    return found
