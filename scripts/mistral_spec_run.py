@@ -86,14 +86,15 @@ def run(spec: Path, seed: int = 20251201, max_examples: int = 1, phases: str = "
             f'[auth.openapi.DashboardUserContextAuth]\napi_key = "{MASTER}"\n')
         command = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", str(spec),
                    "--url", f"http://127.0.0.1:{server.server_port}", "--checks", "all", "--seed", str(seed),
-                   "--max-examples", str(max_examples), "--phases", phases, "--generation-deterministic",
-                   "--generation-database", "none", "--no-shrink", "-w", "2", "--report", "ndjson",
+                   "--max-examples", str(max_examples), "--phases", phases, "--generation-deterministic", "--no-shrink", "-w", "2", "--report", "ndjson",
                    "--report-ndjson-path", str(tmp_path / "run.ndjson")]
         try:
-            subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=3000)
+            done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=3000)
         finally:
             server.shutdown()
             server.server_close()
+        if not (tmp_path / "run.ndjson").exists():
+            raise RuntimeError(f"schemathesis did not run: {done.stdout[-2000:]}{done.stderr[-2000:]}")
         found = failures(tmp_path / "run.ndjson")
     left: dict[tuple, dict] = {}
     for failure in found:
