@@ -51,6 +51,7 @@ def test_transcription_by_file_url_as_the_sdk_sends_it_url_encoded(replay, make_
     assert dict(parse_qsl(sent.body.decode())) == form  # forwarded as sent
 
 
+@pytest.mark.reference
 def test_schemathesis_with_mistrals_published_spec_finds_no_sidecar_defect():
     spec = REFERENCE / "mistral-openapi.yaml"
     if not spec.exists():
