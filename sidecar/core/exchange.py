@@ -60,7 +60,6 @@ class Exchange:
     open_stream: bool = False  # counted in the open-streams gauge until finished
     response_json: object = None  # kept only when Settings.log_bodies asks for bodies in the log
     first_chunk_at: float | None = None  # the clock's monotonic reading when a relayed body's first chunk went out
-    deployment: str | None = None  # the named upstream deployment that answered, where config names them
     span: object = None  # the request's OpenTelemetry span, when tracing is on (accounting.telemetry)
     latency: float = 0.0  # seconds from arrival to the last byte: set once, when accounting finishes
 

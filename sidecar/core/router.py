@@ -125,8 +125,8 @@ class ModelRouter:
 
     def settle(self, ex) -> None:
         """Accountant sink: the answering deployment's attempt is over; its tokens count against its tpm."""
-        if getattr(ex, "deployment", None):
-            self.balancer.finished(ex.deployment, getattr(ex.usage, "total_tokens", 0) or 0)
+        if ex.deployment:
+            self.balancer.finished(ex.deployment, ex.usage.total_tokens if ex.usage is not None else 0)
 
     def deployments(self) -> list[Deployment]:
         return [d for group in self.groups.values() for d in group]
