@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from sidecar import create_app
 from sidecar.clock import FakeClock
 from sidecar.settings import Settings
-from sidecar.web.pipeline import Pipeline
 
+from .apps import SECRETS, build_app
 from .fakes import FakeMistral
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT.parent / "shared" / "reference"
 MISTRAL_KEY = "sk-test-real-mistral-key-0123456789"
+CONFIG_MASTER = "sk-sidecar-master-1234"
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def make_app(settings, request):
     clock = request.getfixturevalue("clock") if "clock" in request.fixturenames else None
 
     def build(**changes):
-        return create_app(settings.with_(**changes), clock=clock)
+        return build_app(settings.with_(**changes), clock=clock)
     return build
 
 
@@ -66,6 +66,19 @@ def app(make_app):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def configured(fake, settings, tmp_path):
+    """Build an app from a config.yaml text ({fake} is the fake upstream's URL), master key ``CONFIG_MASTER``."""
+    def build(text: str):
+        path = tmp_path / "config.yaml"
+        path.write_text(text.replace("{fake}", fake.url))
+        env = {"MISTRAL_API_KEY": MISTRAL_KEY, "SIDECAR_CONFIG": str(path), "MISTRAL_API_BASE": fake.url,
+               "SIDECAR_MASTER_KEY": CONFIG_MASTER}
+        return build_app(Settings.from_env(env, spec_path=ROOT / "openapi.yaml",
+                                            database_url=settings.database_url)).test_client()
+    return build
 
 
 @pytest.fixture
@@ -82,7 +95,7 @@ def live_sidecar(app):
 
 # -- the secret scan: every log line of the whole run is checked for every secret the run used ------------
 VIRTUAL_KEY = re.compile(r"sk-[A-Za-z0-9_-]{43}")  # the shape of every generated key (previews are sk-...abcd)
-SECRETS: set[str] = {MISTRAL_KEY}
+SECRETS.add(MISTRAL_KEY)
 
 
 class LogTap(logging.Handler):
@@ -101,16 +114,10 @@ TAP = LogTap()
 
 
 def pytest_configure(config):
-    """Tap the root logger and learn the secrets of every app the run builds (master, Mistral, config keys)."""
+    """Tap the root logger; ``apps.build_app`` learns the secrets of every app the run builds."""
     root = logging.getLogger()
     root.addHandler(TAP)
     root.setLevel(min(root.level, logging.INFO) or logging.INFO)
-    built = Pipeline.__init__
-
-    def learning_init(self, settings, *args, **kwargs):
-        SECRETS.update(s for s in settings.secrets() if len(s) >= 12)  # short test words ("fixed") are no keys
-        built(self, settings, *args, **kwargs)
-    Pipeline.__init__ = learning_init
 
 
 @pytest.fixture(autouse=True)

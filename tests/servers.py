@@ -59,3 +59,17 @@ def gunicorn_sidecar(env: dict[str, str], workers: int = 1, log_path: Path | Non
                 process.wait()
         if log_path:
             stderr.close()
+
+
+def children(pid: int) -> list[int]:
+    """The pids of the processes whose parent is ``pid`` (gunicorn's workers), read from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return sorted(found)

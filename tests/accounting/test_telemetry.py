@@ -17,9 +17,9 @@ from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 
-from sidecar import create_app  # noqa: E402
 from sidecar.accounting.telemetry import Telemetry  # noqa: E402
 
+from ..apps import build_app  # noqa: E402
 from ..fakes import chat_body, chat_events  # noqa: E402
 from .test_costs import OCR_ANSWER, OCR_REQUEST  # noqa: E402
 
@@ -37,7 +37,7 @@ class Traced:
         self.reader = InMemoryMetricReader()
         telemetry = Telemetry(tracer_provider, MeterProvider(metric_readers=[self.reader]),
                               server_url=settings.mistral_api_base, log_bodies=log_bodies)
-        self.app = create_app(settings.with_(master_key=MASTER, log_bodies=log_bodies), telemetry=telemetry)
+        self.app = build_app(settings.with_(master_key=MASTER, log_bodies=log_bodies), telemetry=telemetry)
         self.client = self.app.test_client()
 
     def key(self, alias: str) -> str:

@@ -19,12 +19,12 @@ from schemathesis.generation.feedback import FeedbackSources
 from schemathesis.pytest._test_builder import build_operation_test  # 4.x internals: see schemathesis_test()
 from schemathesis.python._constants.orchestrator import make_constants_value_source
 
-from sidecar import create_app
 from sidecar.core import dialect
 from sidecar.core.spec import Spec
 from sidecar.core.sse import EventSplitter, parse_event
 from sidecar.settings import Settings
 
+from ..apps import build_app
 from ..conftest import ROOT
 
 MASTER_KEY = "sk-fuzz-master-0123456789"
@@ -81,7 +81,7 @@ def _event(event) -> dict:
 @pytest.fixture(scope="module")
 def replay_app(tmp_path_factory):
     """The sidecar answering from the shipped contracts, behind a master key."""
-    return create_app(Settings(spec_path=ROOT / "openapi.yaml", upstream_mode="replay",
+    return build_app(Settings(spec_path=ROOT / "openapi.yaml", upstream_mode="replay",
                                contracts_dir=ROOT / "contracts", master_key=MASTER_KEY,
                                database_url=f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'sidecar.db'}"))
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from sidecar import create_app
 from sidecar.core import dialect
 from sidecar.settings import Settings
 
+from ..apps import build_app
 from ..conftest import MISTRAL_KEY, ROOT
 from ..fakes import chat_body, chat_events
 
@@ -94,7 +94,7 @@ def aliased(fake, settings):
 """)
         env = {"MISTRAL_API_KEY": MISTRAL_KEY, "CODESTRAL_API_KEY": "sk-codestral-key",
                "SIDECAR_CONFIG": str(path), "MISTRAL_API_BASE": fake.url}
-        return create_app(Settings.from_env(env, spec_path=ROOT / "openapi.yaml",
+        return build_app(Settings.from_env(env, spec_path=ROOT / "openapi.yaml",
                                             database_url=settings.database_url)).test_client()
     return build
 

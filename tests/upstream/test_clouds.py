@@ -10,9 +10,9 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from sidecar import create_app
 from sidecar.core.config import parse
 
+from ..apps import build_app
 from ..fake_clouds import FakeAzure, FakeBedrock, FakeVertex, exception, service_account, tool_events
 from ..web.test_clients import TOOL
 
@@ -58,7 +58,7 @@ def config_text(clouds, tmp_path) -> str:
 @pytest.fixture
 def app(clouds, settings, tmp_path):
     config = parse(yaml.safe_load(config_text(clouds, tmp_path)), Path("config.yaml"), {})
-    return create_app(settings.with_(config=config))
+    return build_app(settings.with_(config=config))
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def test_bedrock_errors_take_mistrals_shape(client, clouds, status, kind, expect
 
 def test_a_wrong_secret_is_refused_by_the_fake_bedrock(clouds, settings, tmp_path):
     text = config_text(clouds, tmp_path).replace(SECRET, "not-the-secret-0123456789")
-    app = create_app(settings.with_(config=parse(yaml.safe_load(text), Path("c.yaml"), {})))
+    app = build_app(settings.with_(config=parse(yaml.safe_load(text), Path("c.yaml"), {})))
     response = app.test_client().post("/v1/chat/completions", json={"model": "mistral-7b", "messages": MESSAGES})
     assert response.status_code == 403 and "SignatureDoesNotMatch" in response.json["message"]
     assert clouds["bedrock"].requests == []
@@ -219,7 +219,7 @@ def test_azure_ocr_goes_to_document_ai_with_a_data_uri(mistral, clouds):
 
 def test_the_fake_azure_refuses_a_wrong_key(clouds, settings, tmp_path):
     text = config_text(clouds, tmp_path).replace(AZURE_KEY, "wrong-azure-key-0123456789")
-    app = create_app(settings.with_(config=parse(yaml.safe_load(text), Path("c.yaml"), {})))
+    app = build_app(settings.with_(config=parse(yaml.safe_load(text), Path("c.yaml"), {})))
     response = app.test_client().post("/v1/chat/completions", json={"model": "large-azure", "messages": MESSAGES})
     assert response.status_code == 401
 

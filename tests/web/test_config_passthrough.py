@@ -6,31 +6,15 @@ import json
 
 import pytest
 
-from sidecar import create_app
-from sidecar.settings import Settings
-
-from ..conftest import MISTRAL_KEY, ROOT
+from ..conftest import CONFIG_MASTER, MISTRAL_KEY
 from ..fakes import chat_events
 
-MASTER = "sk-sidecar-master-1234"
+MASTER = CONFIG_MASTER
 OCR_BODY = {"model": "mistral-ocr-latest",
             "document": {"image_url": "https://raw.githubusercontent.com/mistralai/cookbook/refs/heads/main/mistral/ocr/receipt.png"}}
 OCR_ANSWER = {"pages": [{"index": 0, "markdown": "# receipt", "images": [], "dimensions": {"dpi": 200, "height": 1,
                                                                                            "width": 1}}],
               "model": "mistral-ocr-2503-completion", "usage_info": {"pages_processed": 1, "doc_size_bytes": 3}}
-
-
-@pytest.fixture
-def configured(fake, settings, tmp_path):
-    """Build an app from a config.yaml text ({fake} is the fake upstream's URL)."""
-    def build(text: str):
-        path = tmp_path / "config.yaml"
-        path.write_text(text.replace("{fake}", fake.url))
-        env = {"MISTRAL_API_KEY": MISTRAL_KEY, "SIDECAR_CONFIG": str(path), "MISTRAL_API_BASE": fake.url,
-               "SIDECAR_MASTER_KEY": MASTER}
-        return create_app(Settings.from_env(env, spec_path=ROOT / "openapi.yaml",
-                                            database_url=settings.database_url)).test_client()
-    return build
 
 
 SEED_OCR = """general_settings:

@@ -21,7 +21,7 @@ from sidecar.web import pipeline as pipeline_mod
 
 from ..conftest import MISTRAL_KEY
 from ..fakes import Blackhole, RawUpstream, chat_body, chat_events, reset
-from ..servers import free_port, gunicorn_sidecar
+from ..servers import children, free_port, gunicorn_sidecar
 
 CHAT = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "hi"}]}
 HUGE = 200 * 1024 * 1024
@@ -239,19 +239,6 @@ def test_json_above_the_accounting_cap_is_relayed_as_a_stream(faulty, monkeypatc
 
 
 # -- under gunicorn: the whole matrix against one worker, which must survive it -------------------------
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return sorted(found)
-
-
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -306,7 +293,7 @@ def _send_and_leave(url: str, fault: str) -> None:
 @pytest.mark.slow
 def test_fault_matrix_under_gunicorn_leaves_the_worker_healthy(served, raw):
     url, process, log = served
-    workers = _children(process.pid)
+    workers = children(process.pid)
     assert len(workers) == 1
     (worker,) = workers
     fds_before = len(os.listdir(f"/proc/{worker}/fd"))
@@ -350,7 +337,7 @@ def test_fault_matrix_under_gunicorn_leaves_the_worker_healthy(served, raw):
     # afterwards: a normal answer, the same worker, no descriptor leak, no traceback in the log
     response = requests.post(url + "/v1/chat/completions", json=CHAT, timeout=10)
     assert response.status_code == 200 and response.json()["usage"]["total_tokens"] == 17
-    assert _children(process.pid) == [worker]
+    assert children(process.pid) == [worker]
     assert len(os.listdir(f"/proc/{worker}/fd")) <= fds_before + 5
     text = log.read_text()
     assert "Traceback" not in text and "Worker timeout" not in text, text[-3000:]

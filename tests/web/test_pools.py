@@ -10,9 +10,9 @@ import sqlalchemy as sa
 import yaml
 from werkzeug.wrappers import Response
 
-from sidecar import create_app
 from sidecar.core.config import parse
 
+from ..apps import build_app
 from ..fakes import Blackhole, FakeMistral, chat_body, chat_events
 
 KEY_A, KEY_B, KEY_C = "sk-pool-key-a-0123456789", "sk-pool-key-b-0123456789", "sk-fallback-key-0123456789"
@@ -44,7 +44,7 @@ def pool_config(first_url: str, second_url: str, fallback_url: str | None = None
 def configure(settings, tmp_path):
     def build(text: str):
         config = parse(yaml.safe_load(text), Path("config.yaml"), {})
-        return create_app(settings.with_(config=config))
+        return build_app(settings.with_(config=config))
     return build
 
 

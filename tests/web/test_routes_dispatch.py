@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar import create_app
 from sidecar.web.routes import SpecDispatcher
 
-from .test_config_passthrough import MASTER, SEED_OCR, configured  # noqa: F401 (fixture)
+from ..apps import build_app
+from .test_config_passthrough import SEED_OCR
 
 
 def _table(app) -> dict:
@@ -54,6 +54,6 @@ def test_an_unexpected_error_is_answered_alike_on_both_ways(make_app, fake, path
 
 
 def test_a_refusal_on_the_direct_way_is_the_pipeline_s_own(settings):
-    response = create_app(settings).test_client().post("/v1/chat/completions", data=b"{",
+    response = build_app(settings).test_client().post("/v1/chat/completions", data=b"{",
                                                         headers={"Content-Type": "application/json"})
     assert response.status_code == 400 and response.headers["x-request-id"]

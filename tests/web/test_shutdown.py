@@ -16,8 +16,7 @@ import requests
 
 from ..conftest import MISTRAL_KEY
 from ..fakes import chat_events
-from ..servers import gunicorn_sidecar
-from .test_faults import _children
+from ..servers import children, gunicorn_sidecar
 
 pytestmark = pytest.mark.slow
 CHAT = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -104,7 +103,7 @@ def test_worker_recycling_lets_in_flight_streams_finish(fake, tmp_path):
     fake.stream("POST", "/v1/chat/completions", chat_events(20), delay=0.1)  # about 2 s
     env = _env(fake, tmp_path, SIDECAR_MAX_REQUESTS="3", SIDECAR_GRACEFUL_TIMEOUT="20")
     with gunicorn_sidecar(env, workers=1, log_path=tmp_path / "sidecar.log") as (url, process):
-        (first_worker,) = _children(process.pid)
+        (first_worker,) = children(process.pid)
         reader = StreamReader(url)
         reader.start()
         assert reader.started.wait(10)
@@ -113,8 +112,8 @@ def test_worker_recycling_lets_in_flight_streams_finish(fake, tmp_path):
         reader.join(20)
         assert statuses == [200] * 5
         deadline = time.monotonic() + 10
-        while _children(process.pid) in ([], [first_worker]) and time.monotonic() < deadline:
+        while children(process.pid) in ([], [first_worker]) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _children(process.pid) and first_worker not in _children(process.pid), "the worker was not recycled"
+        assert children(process.pid) and first_worker not in children(process.pid), "the worker was not recycled"
     assert reader.error is None
     assert len(reader.events) == 22 and reader.events[-1] == b"data: [DONE]"  # 20, cost, DONE
