@@ -13,6 +13,7 @@ import logging
 from sidecar.clock import SYSTEM, Clock
 from sidecar.core import usage as usage_mod
 from sidecar.core.exchange import Exchange
+from sidecar.core.fields import model_of
 from sidecar.core.sse import UsageWatcher
 from sidecar.store.health import STORE_ERRORS
 
@@ -199,8 +200,7 @@ class Accountant:
 
 
 def _requested_model(request_json) -> str | None:
-    model = request_json.get("model") if isinstance(request_json, dict) else None
-    return model if isinstance(model, str) and model else None
+    return model_of(request_json) or None
 
 
 def _usd(cost: float) -> str:

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 
 from sidecar.core import sse
+from sidecar.core.fields import model_of, wants_stream
 
 SOURCES = ("hand-written", "generated", "recorded")
 FILE_KEYS = ("operation", "source", "exchanges")
@@ -58,14 +59,11 @@ class Asked:
 
     @property
     def stream(self) -> bool:
-        if isinstance(self.json, dict):
-            return self.json.get("stream") is True
-        return str(self.form.get("stream", "")).strip().lower() == "true"
+        return wants_stream(self.json, self.form)
 
     @property
     def model(self) -> str | None:
-        model = self.json.get("model") if isinstance(self.json, dict) else self.form.get("model")
-        return model if isinstance(model, str) else None
+        return model_of(self.json, self.form)
 
     @classmethod
     def from_url(cls, method: str, url: str, **features) -> Asked:

@@ -11,6 +11,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from sidecar.core.fields import model_of
+
 CHAT, FIM, AGENTS, EMBEDDINGS, OCR = "chat", "fim", "agents", "embeddings", "ocr"
 TRANSCRIPTION, SPEECH, CONVERSATION = "transcription", "speech", "conversation"
 CLASSIFICATION, NONE = "classification", "none"
@@ -108,8 +110,7 @@ def _dict(value: object) -> dict:
 
 
 def _model(body: dict) -> str | None:
-    model = body.get("model")
-    return model if isinstance(model, str) and model else None
+    return model_of(body) or None
 
 
 def _characters(request_json: object) -> int:

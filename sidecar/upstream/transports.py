@@ -19,7 +19,6 @@ from urllib.parse import parse_qsl
 import urllib3
 from requests.adapters import HTTPAdapter
 from werkzeug.http import parse_options_header
-from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder
 
 from sidecar.clock import SYSTEM, Clock
 from sidecar.contracts import fileformat, scrubbing
@@ -30,6 +29,7 @@ from sidecar.contracts.responder import Responder
 from sidecar.core import sse
 from sidecar.core.errors import NoContract
 from sidecar.core.spec import Spec
+from sidecar.multipart import PartScan
 from sidecar.settings import DEFAULT_CONTRACTS
 from sidecar.upstream.client import PooledAdapter, upstream_chunks
 
@@ -101,28 +101,13 @@ def asked_from(request) -> Asked:
 
 def form_fields(body, boundary: str) -> dict:
     """Text fields of a multipart body (file parts as ``<file NAME>``); a file body is rewound after."""
-    decoder = MultipartDecoder(boundary.encode("latin-1"), max_form_memory_size=None)
-    fields: dict[str, str] = {}
-    current, value = None, bytearray()
+    scan = PartScan(boundary, FORM_FIELD_LIMIT, lambda part: f"<file {part.filename or ''}>".replace(" >", ">"))
     chunks = [body] if isinstance(body, bytes) else iter(lambda: body.read(64 * 1024), b"")
     for chunk in [*chunks, None]:
-        decoder.receive_data(chunk)
-        while (event := decoder.next_event()) is not None and event.__class__.__name__ != "NeedData":
-            if isinstance(event, File):
-                fields[event.name] = f"<file {event.filename or ''}>".replace(" >", ">")
-                current = None
-            elif isinstance(event, Field):
-                current, value = event.name, bytearray()
-            elif isinstance(event, Data) and current is not None:
-                value += event.data[: FORM_FIELD_LIMIT - len(value)]
-                if not event.more_data:
-                    fields[current] = value.decode("utf-8", "replace")
-                    current = None
-            elif isinstance(event, Epilogue):
-                break
+        scan.feed(chunk)
     if hasattr(body, "seek"):
         body.seek(0)
-    return fields
+    return scan.fields
 
 
 # -- replay --------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from urllib.parse import parse_qsl
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected
 from werkzeug.http import parse_options_header
-from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder
 
 from sidecar.core.errors import (
     BadRequest,
@@ -25,6 +24,7 @@ from sidecar.core.errors import (
     UnsupportedMediaType,
 )
 from sidecar.core.validation import SMALL_FIELD
+from sidecar.multipart import PartScan
 
 CHUNK = 64 * 1024
 SPOOL_IN_MEMORY = 1024 * 1024
@@ -235,18 +235,13 @@ def read_multipart(request, limit: int) -> Body:
     if mimetype != "multipart/form-data" or not boundary:
         raise UnsupportedMediaType("Expected a multipart/form-data body with a boundary "
                                    "(or application/x-www-form-urlencoded fields).")
-    decoder = MultipartDecoder(boundary.encode("latin-1"), max_form_memory_size=None)
-    scan = _PartScan()
-
-    def feed(chunk: bytes | None) -> None:
-        decoder.receive_data(chunk)
-        scan.drain(decoder)
+    scan = PartScan(boundary, SMALL_FIELD)
     try:
-        file, size = spool(request, limit, feed)
+        file, size = spool(request, limit, scan.feed)
     except ValueError as exc:
         raise BadRequest(f"Malformed multipart body: {exc}", code="invalid_multipart") from None
     try:
-        feed(None)
+        scan.feed(None)
     except ValueError as exc:
         file.close()
         raise BadRequest(f"Malformed multipart body: {exc}", code="invalid_multipart") from None
@@ -268,31 +263,3 @@ def read_unchecked(request, json_limit: int, upload_limit: int) -> Body:
         file.close()
         return Body()
     return Body(file=file, size=size)
-
-
-class _PartScan:
-    """Collects part names and small text values from a sans-io multipart decoder."""
-
-    def __init__(self):
-        self.names: set[str] = set()
-        self.fields: dict[str, str] = {}
-        self._current: str | None = None
-        self._value = bytearray()
-
-    def drain(self, decoder: MultipartDecoder) -> None:
-        while True:
-            event = decoder.next_event()
-            if event is None or event.__class__.__name__ == "NeedData":
-                return
-            if isinstance(event, (Field, File)):
-                self.names.add(event.name)
-                self._current = event.name if isinstance(event, Field) else None
-                self._value.clear()
-            elif isinstance(event, Data) and self._current is not None:
-                if len(self._value) < SMALL_FIELD:
-                    self._value += event.data[:SMALL_FIELD]
-                if not event.more_data:
-                    self.fields[self._current] = self._value.decode("utf-8", "replace")
-                    self._current = None
-            elif isinstance(event, Epilogue):
-                return

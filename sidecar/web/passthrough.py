@@ -15,6 +15,7 @@ from flask import Flask, Response, request
 from sidecar.access.auth import bearer
 from sidecar.core.config import PassThroughEndpoint
 from sidecar.core.errors import BadRequest, SidecarError
+from sidecar.core.fields import model_of
 from sidecar.core.router import Target
 from sidecar.core.spec import flask_rule
 from sidecar.upstream.client import outbound_headers
@@ -59,8 +60,7 @@ class PassThrough:
             body = scope.body = bodies.read_unchecked(request, pipeline.settings.max_body_bytes,
                                                       pipeline.settings.max_upload_bytes)
             ex.request_json = body.json
-            ex.model = body.json.get("model") if isinstance(body.json, dict) else None
-            ex.model = ex.model if isinstance(ex.model, str) else None
+            ex.model = model_of(body.json)
             ex.end_user = request.headers.get(pipeline.settings.end_user_header)
             if caller is not None:
                 pipeline.auth.authorize_model(caller, ex.model)

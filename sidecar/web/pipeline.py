@@ -26,6 +26,7 @@ from sidecar.core.errors import (
     render,
 )
 from sidecar.core.exchange import Exchange
+from sidecar.core.fields import model_of, wants_stream
 from sidecar.core.redact import Redactor
 from sidecar.core.router import ModelRouter
 from sidecar.core.spec import Endpoint, Operation, resolve
@@ -160,11 +161,7 @@ class Pipeline:
 
     @staticmethod
     def _wants_stream(body: bodies.Body) -> bool:
-        if isinstance(body.json, dict):
-            return body.json.get("stream") is True
-        if body.fields:
-            return body.fields.get("stream", "").strip().lower() == "true"
-        return False
+        return wants_stream(body.json, body.fields)
 
     @staticmethod
     def _translate(op: Operation, body: bodies.Body, path: str) -> None:
@@ -197,15 +194,14 @@ class Pipeline:
 
     @staticmethod
     def _model(op: Operation, body: bodies.Body, path_params: dict) -> str | None:
-        if op.model_in == "body" and isinstance(body.json, dict):
-            model = body.json.get("model")
-        elif op.model_in == "form" and body.fields:
-            model = body.fields.get("model")
-        elif op.model_in == "path":
+        if op.model_in == "body":
+            return model_of(json=body.json)
+        if op.model_in == "form":
+            return model_of(form=body.fields)
+        if op.model_in == "path":
             model = path_params.get("model_id")
-        else:
-            model = None
-        return model if isinstance(model, str) else None
+            return model if isinstance(model, str) else None
+        return None
 
     def _forward(self, op: Operation, ex: Exchange, body: bodies.Body, path_params: dict, scope: Scope,
                  req) -> Response:
