@@ -82,6 +82,9 @@ class Pipeline:
         # Secrets out of what an upstream echoes back: relayed headers and JSON answers (streams are not read).
         self.redactor = redactor or Redactor(settings.secrets())
         self.spec = spec
+        # Operations whose body declares ``user`` (else it is OpenAI's end-user field): read once, not per request.
+        self._declares_user = frozenset(op.id for op in spec.operations if "user" in (
+            (resolve(spec.document, op.body_schema) or {}).get("properties") or {}))
         self.validators = validators
         self.upstream = upstream
         self.auth = authenticator
@@ -173,16 +176,13 @@ class Pipeline:
         """End user from the configured header, else an OpenAI-style ``user`` field Mistral would refuse."""
         user = headers.get(self.settings.end_user_header)
         data = body.json
-        if isinstance(data, dict) and "user" in data and op.proxied and not self._declares(op, "user"):
+        if isinstance(data, dict) and "user" in data and op.proxied and op.id not in self._declares_user:
             value = data.pop("user")
             body.edited = True
             if user is None and isinstance(value, str):
                 user = value
         return user[:256] if user else None
 
-    def _declares(self, op: Operation, name: str) -> bool:
-        schema = resolve(self.spec.document, op.body_schema) or {}
-        return name in (schema.get("properties") or {})
 
     def _validate(self, op: Operation, path_params: dict, body: bodies.Body, args) -> None:
         validator = self.validators[op.id]
