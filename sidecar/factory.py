@@ -67,7 +67,9 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
     spend_log = SpendLog(engine, clock=clock, watch=store)
     prices = _price_table(settings)
     limits = Limits(counters_for(settings, clock), clock=clock,
-                    exempt=frozenset(op.id for op in spec.operations if op.handler), spend=spend_log.key_spend)
+                    exempt=frozenset(op.id for op in spec.operations if op.handler), spend=spend_log.committed_spend)
+    spend_log.on_committed, limits.on_orphans = limits.recorded, spend_log.recover
+    limits.sweep()  # what workers that died before this one started left unrecorded
     redactor = Redactor(settings.secrets())
     readiness = health.Readiness({"store": store.check})
     if isinstance(limits.counters, RedisCounters):
@@ -85,7 +87,8 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
         accountant=Accountant(prices=prices, limits=limits, sinks=[limits.record, spend_log.record],
                               metrics=meter,
                               spend=spend_log, log_bodies=settings.log_bodies, clock=clock,
-                              telemetry=telemetry or observability.for_settings(settings), redactor=redactor),
+                              telemetry=telemetry or observability.for_settings(settings), redactor=redactor,
+                              output_reserve=settings.output_reserve),
         handlers=handlers,
         clock=clock,
         redactor=redactor,
@@ -94,6 +97,7 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
     )
     _SHUTDOWN.append(pipeline.upstream.close)
     _SHUTDOWN.append(spend_log.close)  # before the engine goes: it writes the last spend records
+    _SHUTDOWN.append(limits.close)  # after them: what is still admitted is swept by the other workers
     _SHUTDOWN.append(engine.dispose)
     _SHUTDOWN.append(observability.flush)  # the last spans, once the last requests have finished
     app = Flask("sidecar")

@@ -106,6 +106,27 @@ def on_starting(server) -> None:
 # patch, and an exporter thread started there would hold unpatched locks and sockets).
 
 
+def post_worker_init(worker) -> None:
+    """On SIGTERM, cut the streams still open just before the grace period ends: each ends with an
+    SSE ``error`` event and gets its (estimated) record, instead of its greenlet being killed mid-write."""
+    import signal
+
+    import gevent
+
+    from sidecar.web.relay import cut_open_streams
+
+    previous = signal.getsignal(signal.SIGTERM)
+    grace = worker.cfg.graceful_timeout
+    cut_after = max(grace - 2.0, grace * 0.5)
+
+    def on_term(signum, frame) -> None:
+        gevent.spawn_later(cut_after, cut_open_streams)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
 def worker_exit(server, worker) -> None:
     """Flush what accounting still holds before the worker goes (recycling or SIGTERM)."""
     from sidecar import shutdown_hooks

@@ -131,6 +131,8 @@ class Settings:
     workers: int = 2
     graceful_timeout: float = 30.0
     max_requests: int = 0
+    # Output tokens reserved against a key's budget and tpm_limit for a request without max_tokens.
+    output_reserve: int = 1024
     # The edge (see sidecar/worker.py): how long a client may take to send its request, how long an idle
     # keep-alive connection is kept, and how many connections one worker holds at once.
     header_timeout: float = 10.0
@@ -181,6 +183,7 @@ class Settings:
             workers=_env_int(env, "WEB_CONCURRENCY", os.cpu_count() or cls.workers),
             graceful_timeout=_env_float(env, "SIDECAR_GRACEFUL_TIMEOUT", cls.graceful_timeout),
             max_requests=_env_int(env, "SIDECAR_MAX_REQUESTS", cls.max_requests),
+            output_reserve=max(0, _env_int(env, "SIDECAR_OUTPUT_RESERVE", cls.output_reserve)),
         )
         values.update(
             header_timeout=_env_positive(env, "SIDECAR_HEADER_TIMEOUT", cls.header_timeout),

@@ -11,6 +11,7 @@ import json
 import logging
 
 from sidecar.clock import SYSTEM, Clock
+from sidecar.core import estimate
 from sidecar.core import usage as usage_mod
 from sidecar.core.exchange import Exchange
 from sidecar.core.fields import model_of
@@ -29,7 +30,8 @@ class Accountant:
     """Meters, prices and records exchanges; ``sinks`` receive each finished exchange."""
 
     def __init__(self, prices=None, limits=None, sinks=(), *, metrics=None,
-                 spend=None, log_bodies=False, clock: Clock = SYSTEM, telemetry=None, redactor=None):
+                 spend=None, log_bodies=False, clock: Clock = SYSTEM, telemetry=None, redactor=None,
+                 output_reserve: int = 1024):
         self.prices = prices
         self.telemetry = telemetry  # telemetry.Telemetry (OpenTelemetry spans and GenAI metrics), or None
         self.clock = clock
@@ -39,6 +41,7 @@ class Accountant:
         self.spend = spend  # spend.SpendLog: the key's running spend for x-sidecar-key-spend
         self.log_bodies = log_bodies  # prompts and answers in the log line: off unless asked for
         self.redactor = redactor  # core.redact.Redactor: secrets out of every log line and spend record
+        self.output_reserve = output_reserve  # output tokens reserved when a request gives no max_tokens
         self._unpriced_warned: set[str] = set()
 
     def begin(self, ex: Exchange, headers) -> None:
@@ -52,10 +55,27 @@ class Accountant:
             self.telemetry.inject(ex, headers)
 
     def admit(self, ex: Exchange):
-        """Apply the caller's limits; returns the callable that releases what admission took."""
+        """Apply the caller's limits, reserving the request's worst case; returns the callable that
+        gives the reservation back if the exchange ends before it is recorded."""
         if self.limits is None:
             return _no_release
-        return self.limits.admit(ex)
+        if ex.caller is None or not ex.caller.is_virtual:
+            return self.limits.admit(ex)
+        return self.limits.admit(ex, *self.reserve(ex))
+
+    def reserve(self, ex: Exchange) -> tuple[float, int]:
+        """(USD, tokens) the request may cost at most: its prompt estimate plus ``max_tokens`` (or the
+        configured output reserve) at its model's prices; 0 for what cannot be known before (OCR pages)."""
+        kind = usage_mod.kind_for(ex.operation_id)
+        if kind not in estimate.RESERVED_KINDS:
+            return 0.0, 0
+        prompt = estimate.prompt_tokens(ex.request_json)
+        output = estimate.output_reserve(ex.request_json, self.output_reserve) if kind in estimate.GENERATING_KINDS else 0
+        cost = None
+        if self.prices is not None:
+            model = ex.model or _requested_model(ex.request_json)
+            cost = self.prices.cost(model, usage_mod.Usage(prompt_tokens=prompt, completion_tokens=output))
+        return (cost or 0.0), prompt + output
 
     def stream_meter(self, ex: Exchange):
         """Called once per relayed event stream: counts it as open, and watches it for usage."""
@@ -141,7 +161,10 @@ class Accountant:
             return
         ex.finished = True
         if meter is not None and ex.usage is None:
-            self._price(ex, meter.usage)
+            usage = meter.usage
+            if usage is None and ex.status < 400 and usage_mod.kind_for(ex.operation_id) in estimate.GENERATING_KINDS:
+                usage = meter.estimate()  # cut before its usage event: Mistral bills it all the same
+            self._price(ex, usage)
         self._settle_cost(ex)
         if self.redactor is not None:
             self._redact(ex)
@@ -195,7 +218,7 @@ class Accountant:
             "upstream_ms": round(ex.upstream_latency * 1000, 2) if ex.upstream_latency is not None else None,
             "model": ex.model, "deployment": ex.deployment, "stream": ex.stream, "key_alias": ex.key_alias,
             "key": key_hash[:12] if key_hash else None, "end_user": ex.end_user,
-            **counts, "cost": ex.cost, "error": ex.error,
+            **counts, "cost": ex.cost, "error": ex.error, "estimated": getattr(ex.usage, "estimated", False),
         }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import collections
 import functools
+import json
 import logging
 import math
 import threading
@@ -53,7 +54,7 @@ def spend_record(ex) -> dict:
         **usage_counts(ex.usage),
         "cost": ex.cost, "latency_ms": round(ex.latency * 1000, 3),
         "upstream_ms": round(ex.upstream_latency * 1000, 3) if ex.upstream_latency is not None else None,
-        "streamed": bool(ex.stream), "error": _short(ex.error),
+        "streamed": bool(ex.stream), "error": _short(ex.error), "estimated": bool(getattr(ex.usage, "estimated", False)),
     }
 
 
@@ -80,6 +81,8 @@ class SpendLog:
         self._wake = threading.Event()
         self._writer: threading.Thread | None = None
         self._closed = False
+        # callable(admission ids, key hashes) run after each committed batch (limits.Limits.recorded)
+        self.on_committed = None
         atexit.register(self.close)
 
     # -- the sink (hot path) --------------------------------------------------------------------------
@@ -93,7 +96,33 @@ class SpendLog:
             charge = (caller.key_hash, ex.cost, (caller.limits or {}).get("budget_duration"))
             with self._cost_lock:
                 self._pending_cost[caller.key_hash] = self._pending_cost.get(caller.key_hash, 0.0) + ex.cost
-        self._queue.append((row, charge))
+        self._queue.append((row, charge, ex.admission))
+        if self._writer is None and not self._closed:
+            self._start_writer()
+
+    def recover(self, orphans) -> None:
+        """Records for admissions a dead worker left (``limits.Orphan``), at their settled cost, or at
+        their reservation (``estimated``) when the worker died before the answer ended. Skips any whose
+        record was committed before the worker died (it died between the commit and the cleanup)."""
+        for orphan in orphans:
+            saved = json.loads(orphan.record)
+            with self.engine.connect() as connection:
+                if connection.execute(sa.select(spend_logs.c.id).where(
+                        spend_logs.c.ts == saved["ts"], spend_logs.c.request_id == saved["request_id"])).first():
+                    self._queue.append((None, None, orphan.id))
+                    continue
+            row = {name: None for name in ROW_COLUMNS}
+            row.update({name: saved.get(name) for name in ("ts", "request_id", "key_hash", "key_alias", "end_user",
+                                                           "model", "operation", "route", "streamed")})
+            row.update(status=0, streamed=bool(saved.get("streamed")), cost=orphan.amount,
+                       total_tokens=orphan.tokens or None, estimated=not orphan.settled,
+                       error="worker died before its record was written")
+            row["model"], row["route"] = _short(row["model"]), _short(row["route"], 512)
+            charge = (orphan.key, orphan.amount, saved.get("budget_duration")) if orphan.amount else None
+            if charge is not None:
+                with self._cost_lock:
+                    self._pending_cost[orphan.key] = self._pending_cost.get(orphan.key, 0.0) + orphan.amount
+            self._queue.append((row, charge, orphan.id))
         if self._writer is None and not self._closed:
             self._start_writer()
 
@@ -146,20 +175,29 @@ class SpendLog:
     def _write(self, batch: list) -> None:
         now = self.clock.wall()
         charges: dict[str, list] = {}
-        for _row, charge in batch:
+        for _row, charge, _admission in batch:
             if charge is not None:
                 entry = charges.setdefault(charge[0], [0.0, charge[2]])
                 entry[0] += charge[1]
+        rows = [row for row, _charge, _admission in batch if row is not None]
         with self.engine.begin() as connection:
-            _insert_rows(connection, [row for row, _charge in batch])
+            if rows:
+                _insert_rows(connection, rows)
             for key_hash, (cost, duration) in charges.items():
                 connection.execute(_charge_statement(key_hash, cost, duration, now))
+        if self.on_committed is not None:
+            admissions = [admission for _row, _charge, admission in batch if admission is not None]
+            keys = {row["key_hash"] for row, _charge, admission in batch if admission is not None and row}
+            try:
+                self.on_committed(admissions, keys | set(charges))
+            except Exception:  # the rows stay in the limits a little longer: counted twice, never lost
+                log.exception("could not clear %d admissions of committed spend records", len(admissions))
 
     def _forget_pending(self, batch: list) -> None:
         """The batch is committed: its cost leaves the pending sums and the cached committed spend
         of its keys is dropped in the same step, so no reader counts it twice or not at all."""
         with self._cost_lock:
-            for _row, charge in batch:
+            for _row, charge, _admission in batch:
                 if charge is not None:
                     self._committed.pop(charge[0], None)
                     left = self._pending_cost.get(charge[0], 0.0) - charge[1]
@@ -212,6 +250,17 @@ class SpendLog:
         ended = reset_at is not None and reset_at <= self.clock.wall()
         return (0.0 if ended else spend) + pending
 
+    def committed_spend(self, key_hash: str) -> float:
+        """The key's committed spend this budget period, read from the store now (admission's view;
+        requests not yet written are counted by their admissions in the shared limits)."""
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(keys_table.c.spend, keys_table.c.budget_reset_at)
+                                     .where(keys_table.c.token == key_hash)).first()
+        if row is None:
+            return 0.0
+        ended = row.budget_reset_at is not None and row.budget_reset_at <= self.clock.wall()
+        return 0.0 if ended else (row.spend or 0.0)
+
     def forget(self, key_hash: str) -> None:
         """Drop this process's cached spend of a key (after an operator sets it)."""
         with self._cost_lock:
@@ -253,7 +302,7 @@ class SpendLog:
 ROW_COLUMNS = (  # the keys of spend_record, in the order the SQLite insert binds them
     "ts", "request_id", "key_hash", "key_alias", "end_user", "model", "deployment", "operation", "route", "status",
     "prompt_tokens", "completion_tokens", "total_tokens", "pages", "audio_seconds", "characters", "cost",
-    "latency_ms", "upstream_ms", "streamed", "error")
+    "latency_ms", "upstream_ms", "streamed", "error", "estimated")
 
 
 @functools.lru_cache(maxsize=8)

@@ -58,6 +58,8 @@ class Exchange:
     error: str | None = None
     finished: bool = False
     open_stream: bool = False  # counted in the open-streams gauge until finished
+    admission: str | None = None  # its admission in the shared limits, until its spend record is committed
+    settles: bool = False  # its key has limits that must see its real cost and tokens when it ends
     response_json: object = None  # kept only when Settings.log_bodies asks for bodies in the log
     first_chunk_at: float | None = None  # the clock's monotonic reading when a relayed body's first chunk went out
     span: object = None  # the request's OpenTelemetry span, when tracing is on (accounting.telemetry)

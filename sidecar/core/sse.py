@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import NamedTuple
 
+from sidecar.core import estimate
 from sidecar.core import usage as usage_mod
 
 DONE = "[DONE]"
@@ -121,33 +122,62 @@ class UsageWatcher:
     """Per-stream meter for the relay: ``feed`` every chunk, read ``usage`` when the stream ends.
 
     Only the latest usage-bearing event is kept (as a ``Usage``), and ``json.loads`` runs only on
-    blocks that contain ``b"usage"``, so a stream of token deltas costs one split per chunk.
+    blocks that contain ``b"usage"``, so a stream of token deltas costs one split per chunk. For a
+    stream cut before its usage event, ``estimate`` counts what was relayed: the first events that
+    carry text are parsed to learn the size of an event's envelope, later ones only add their length.
     """
 
-    __slots__ = ("kind", "request_json", "_splitter", "_usage")
+    __slots__ = ("kind", "request_json", "_splitter", "_usage", "_bytes", "_events", "_samples", "_text",
+                 "_envelope")
+
+    SAMPLES = 3  # events parsed to learn the envelope (the first one also carries the role)
 
     def __init__(self, kind: str, request_json: object = None) -> None:
         self.kind = kind
         self.request_json = request_json if isinstance(request_json, dict) else None
         self._splitter = EventSplitter()
         self._usage: usage_mod.Usage | None = None
+        self._bytes = self._events = self._samples = self._text = 0  # unsampled events: bytes and count
+        self._envelope: int | None = None
 
     def feed(self, chunk: bytes) -> None:
         for raw in self._splitter.feed(chunk):
             if b"usage" in raw:
                 self._usage = self._read(raw) or self._usage
+            elif self._samples < self.SAMPLES:
+                self._sample(raw)
+            else:
+                self._bytes += len(raw)
+                self._events += 1
 
     def _read(self, raw: bytes) -> usage_mod.Usage | None:
+        event, payload = self._payload(raw)
+        if payload is None:
+            return None
+        return usage_mod.from_event(self.kind, payload, event.event, self.request_json)
+
+    @staticmethod
+    def _payload(raw: bytes) -> tuple[Event, dict | None]:
         event = parse_event(raw)
         if event.data == DONE:
-            return None
+            return event, None
         try:
             payload = json.loads(event.data)
         except ValueError:
-            return None  # a malformed event is the client's to see, never a reason to crash accounting
-        if not isinstance(payload, dict):
-            return None
-        return usage_mod.from_event(self.kind, payload, event.event, self.request_json)
+            return event, None  # a malformed event is the client's to see, never a reason to crash accounting
+        return event, (payload if isinstance(payload, dict) else None)
+
+    def _sample(self, raw: bytes) -> None:
+        """Count one event's text exactly and learn the smallest envelope (bytes that are not text)."""
+        self._samples += 1
+        _event, payload = self._payload(raw)
+        if payload is None:
+            return
+        text = _generated_text(payload)
+        self._text += text
+        envelope = len(raw) - text
+        if text and (self._envelope is None or envelope < self._envelope):
+            self._envelope = envelope
 
     @property
     def usage(self) -> usage_mod.Usage | None:
@@ -159,3 +189,23 @@ class UsageWatcher:
         if found is None:
             return usage_mod.from_request(self.kind, self.request_json)
         return found
+
+    def estimate(self) -> usage_mod.Usage:
+        """Tokens of a stream that ended without its usage: the prompt from the request, the completion
+        from the text relayed so far (``estimated=True``: the sidecar counted it, Mistral did not say)."""
+        envelope = self._envelope if self._envelope is not None else 0
+        unsampled = max(0, self._bytes - envelope * self._events) if self._envelope is not None else 0
+        prompt = estimate.prompt_tokens(self.request_json)
+        completion = estimate.completion_tokens(self._text + unsampled)
+        return usage_mod.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                               estimated=True)
+
+
+def _generated_text(payload: dict) -> int:
+    """Characters of generated text in one event: chat/FIM/agents deltas, conversation output deltas."""
+    choices = payload.get("choices")
+    if isinstance(choices, list):
+        return sum(estimate.text_chars(choice.get("delta")) for choice in choices if isinstance(choice, dict))
+    if "content" in payload:
+        return estimate.text_chars(payload.get("content"))
+    return 0

@@ -61,6 +61,8 @@ spend_logs = sa.Table(
     sa.Column("upstream_ms", sa.Float),
     sa.Column("streamed", sa.Boolean, nullable=False, default=False),
     sa.Column("error", sa.String(255)),
+    # Usage counted by the sidecar (a stream cut before its usage event, a dead worker's admission).
+    sa.Column("estimated", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
 )
 sa.Index("ix_spend_logs_ts", spend_logs.c.ts)
 sa.Index("ix_spend_logs_key_hash", spend_logs.c.key_hash)

@@ -82,8 +82,24 @@ def _unique_keys(pairs: list) -> dict:
     return obj
 
 
-def _loads(text: str):
+def _loads(text):
     return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+def _duplicate(exc: DuplicateKey) -> BadRequest:
+    return BadRequest(f"Malformed JSON body: the key '{str(exc)[:100]}' appears twice in one object.",
+                      code="duplicate_json_key")
+
+
+def loads_lenient(raw: bytes):
+    """A pass-through body's JSON, to learn its model: None when it is not JSON (relayed as sent),
+    but a key given twice is refused, since the allowlist and the target could read different models."""
+    try:
+        return _loads(raw) if raw.strip() else None
+    except DuplicateKey as exc:
+        raise _duplicate(exc) from None
+    except (ValueError, RecursionError):
+        return None
 
 
 def read_some(request, size: int) -> bytes:
@@ -169,8 +185,7 @@ def read_json(request, limit: int, required: bool) -> Body:
     try:
         return Body(raw=raw, size=len(raw), json=_loads(text))
     except DuplicateKey as exc:
-        raise BadRequest(f"Malformed JSON body: the key '{str(exc)[:100]}' appears twice in one object.",
-                         code="duplicate_json_key") from None
+        raise _duplicate(exc) from None
     except (ValueError, RecursionError) as exc:
         repaired = _without_trailing_commas(text)
         if repaired is None:
@@ -189,8 +204,7 @@ def _without_trailing_commas(text: str):
     try:
         return _loads(fixed)
     except DuplicateKey as exc:
-        raise BadRequest(f"Malformed JSON body: the key '{str(exc)[:100]}' appears twice in one object.",
-                         code="duplicate_json_key") from None
+        raise _duplicate(exc) from None
     except (ValueError, RecursionError):
         return None
 
@@ -253,11 +267,7 @@ def read_unchecked(request, json_limit: int, upload_limit: int) -> Body:
     as sent; anything else spooled. Nothing is refused for its content: the target judges it."""
     if request.mimetype and "json" in request.mimetype:
         raw = read_bytes(request, json_limit)
-        try:
-            parsed = json.loads(raw) if raw.strip() else None
-        except (ValueError, RecursionError):
-            parsed = None
-        return Body(raw=raw or None, size=len(raw), json=parsed)
+        return Body(raw=raw or None, size=len(raw), json=loads_lenient(raw))  # a key given twice: 400
     file, size = spool(request, upload_limit)
     if not size:
         file.close()

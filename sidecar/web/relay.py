@@ -9,6 +9,8 @@ every SSE parser skips comments, so SDKs read the stream as before.
 
 from __future__ import annotations
 
+import weakref
+
 import requests
 
 from sidecar.clock import SYSTEM, Clock
@@ -16,6 +18,16 @@ from sidecar.core import sse
 from sidecar.upstream.client import RELAY_ERRORS, upstream_chunks
 
 DONE_LINE = b"data: [DONE]"
+SHUTDOWN_MESSAGE = "The sidecar is shutting down; this stream was cut before it finished."
+
+
+def cut_open_streams() -> int:
+    """End every open event stream of this process now, each with an SSE ``error`` event and its
+    record (gunicorn_conf runs it just before SIGTERM's grace period ends); returns how many."""
+    relays = list(_OPEN)
+    for relay in relays:
+        relay.cut()
+    return len(relays)
 
 
 class StreamIdle(Exception):
@@ -38,7 +50,7 @@ class RelayBody:
     cost comment); ``first_chunk_at`` is when the first chunk was relayed (time to first chunk)."""
 
     __slots__ = ("response", "chunks", "on_chunk", "on_close", "is_sse", "closing", "error", "first_chunk_at",
-                 "clock", "idle_timeout", "_closed")
+                 "clock", "idle_timeout", "_closed", "_cut", "__weakref__")
 
     def __init__(self, response: requests.Response, *, chunks=None, on_chunk=None, on_close=None,
                  is_sse: bool = False, closing=None, clock: Clock = SYSTEM, idle_timeout: float | None = None):
@@ -58,13 +70,18 @@ class RelayBody:
         if idle_timeout is not None:
             _lower_read_timeout(response, idle_timeout)
         self._closed = False
+        self._cut = False
 
     def __iter__(self):
         on_chunk, closing, idle = self.on_chunk, self.closing, self.idle_timeout
         monotonic = self.clock.monotonic
         last_event = monotonic()
+        if self.is_sse:
+            _OPEN.add(self)
         try:
             for chunk in self.chunks if self.chunks is not None else upstream_chunks(self.response):
+                if self._cut:
+                    break
                 if idle is not None:
                     now = monotonic()
                     if b"\n\n" in chunk or b"\r\n\r\n" in chunk:
@@ -85,7 +102,7 @@ class RelayBody:
                             yield extra
                             chunk = chunk[at:]
                 yield chunk
-            if closing is not None:
+            if closing is not None and not self._cut:
                 extra = closing()
                 if extra:
                     yield extra
@@ -93,16 +110,31 @@ class RelayBody:
             self.error = "upstream stream idle"
             yield sse.error_event(f"The upstream sent no complete event for {idle:g} s (SIDECAR_STREAM_IDLE_TIMEOUT).",
                                   type="upstream_error", code="stream_idle_timeout")
-        except RELAY_ERRORS as exc:
-            self.error = f"upstream stream interrupted: {type(exc).__name__}"
-            if self.is_sse:
-                yield sse.error_event("The upstream stream was interrupted before it finished.",
-                                      type="upstream_error", code="stream_interrupted")
+        except Exception as exc:
+            if not self._cut and not isinstance(exc, RELAY_ERRORS):
+                raise
+            if not self._cut:
+                self.error = f"upstream stream interrupted: {type(exc).__name__}"
+                if self.is_sse:
+                    yield sse.error_event("The upstream stream was interrupted before it finished.",
+                                          type="upstream_error", code="stream_interrupted")
+        if self._cut:
+            self.error = "stream cut at shutdown"
+            yield sse.error_event(SHUTDOWN_MESSAGE, type="service_unavailable", code="sidecar_shutdown")
+
+    def cut(self) -> None:
+        """Stop relaying: closing the upstream wakes a read blocked on it (another greenlet's)."""
+        self._cut = True
+        self.response.close()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        _OPEN.discard(self)
         self.response.close()
         if self.on_close is not None:
             self.on_close(self)
+
+
+_OPEN: weakref.WeakSet[RelayBody] = weakref.WeakSet()  # open event streams of this process

@@ -203,16 +203,21 @@ def test_model_outside_the_allowlist_gets_403_on_every_kind_of_route(client, new
 
 
 def test_budget_is_enforced_then_resets_with_its_period(app, client, new_key, clock):
-    key = new_key(max_budget=0.000001, budget_duration="1h")
-    first = chat(client, key)
-    assert first.status_code == 200 and float(first.headers["x-sidecar-cost"]) > 0
-    clock.advance(0.6)  # the key cache's TTL: another worker would see the new spend this soon
-    body = _refused(chat(client, key), 400, "budget_exceeded")
-    assert "max_budget $0.000001" in body["message"] and "spent $0.0000" in body["message"]
+    key = new_key(max_budget=0.000002, budget_duration="1h")
+    small = {**PROMPT, "max_tokens": 1}  # reserves (1 + 4 prompt tokens) * $0.15/M + 1 * $0.6/M = $0.00000135
+    first = chat(client, key, small)
+    assert first.status_code == 200 and float(first.headers["x-sidecar-cost"]) > 0.000002  # the fake bills 17 tokens
+    body = _refused(chat(client, key, small), 400, "budget_exceeded")  # seen at once: no cache to wait for
+    assert "max_budget $0.000002" in body["message"] and "spent $0.0000" in body["message"]
+    # Without max_tokens the request reserves 1024 output tokens, more than the whole budget.
+    fresh = new_key(max_budget=0.000002, budget_duration="1h")
+    body = _refused(chat(client, fresh), 400, "budget_exceeded")
+    assert "This request reserves up to $0.000615" in body["message"]
 
     app.extensions["sidecar"].accountant.spend.flush()  # what the writer does within its interval
     clock.advance(3601)
-    assert chat(client, key).status_code == 200  # a new period starts with nothing spent
+    last = chat(client, key, small)
+    assert last.status_code == 200, last.get_json()  # a new period starts with nothing spent
 
 
 def test_rpm_limit_gives_429_with_retry_after(client, new_key):
@@ -225,9 +230,15 @@ def test_rpm_limit_gives_429_with_retry_after(client, new_key):
 
 def test_tpm_limit_counts_tokens_of_finished_requests(client, new_key):
     key = new_key(tpm_limit=30)  # each fake answer uses 17 tokens
-    assert [chat(client, key).status_code for _ in range(2)] == [200, 200]
-    refused = _refused(chat(client, key), 429, "tpm_limit_exceeded")
-    assert "34 of its 30 tokens" in refused["message"]
+    small = {**PROMPT, "max_tokens": 5}  # reserves 1 + 4 prompt tokens and 5 of output: 10
+    assert [chat(client, key, small).status_code for _ in range(2)] == [200, 200]  # 0 + 10, then 17 + 10
+    refused = _refused(chat(client, key, small), 429, "tpm_limit_exceeded")
+    assert "34 of its 30 tokens" in refused["message"]  # settled to the 17 each really used
+    # Without max_tokens a request reserves 1024 output tokens: more than the whole minute, so it
+    # passes only alone, when the window is empty.
+    other = new_key(tpm_limit=30)
+    assert chat(client, other).status_code == 200
+    assert "this request reserves 1029" in _refused(chat(client, other), 429, "tpm_limit_exceeded")["message"]
 
 
 def test_parallel_limit_holds_until_a_stream_is_closed(client, new_key, fake):

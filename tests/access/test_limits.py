@@ -3,12 +3,14 @@ instances hold one limit between them, and admission turns them into Mistral-sha
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import time
 import uuid
 
 import pytest
 
+from sidecar.access.admission import Ask
 from sidecar.access.auth import Caller
 from sidecar.access.limits import Limits, LocalCounters, RedisCounters, local_counters_path
 from sidecar.clock import FakeClock
@@ -122,7 +124,7 @@ def test_admission_messages_name_the_limit(tmp_path):
         limits.admit(_exchange(max_budget=1.0, spend=1.25, budget_duration="30d", budget_reset_at=clock.wall() + 99))
     assert budget.value.status == 400
     assert "spent $1.250000 of its max_budget $1.000000 for the period ending" in budget.value.message
-    limits.admit(_exchange(max_budget=1.0, spend=5.0, budget_duration="1h", budget_reset_at=clock.wall() - 1))
+    limits.admit(_exchange(max_budget=1.0, spend=5.0, budget_duration="1h", budget_reset_at=clock.wall() - 1))()
 
     release = limits.admit(_exchange(max_parallel_requests=1, rpm_limit=1))
     with pytest.raises(RateLimited) as parallel:
@@ -130,10 +132,28 @@ def test_admission_messages_name_the_limit(tmp_path):
     assert parallel.value.headers["Retry-After"] == "1" and parallel.value.code == "parallel_limit_exceeded"
     release()
     release()  # idempotent: a stream's close() and an error path may both release
-    with pytest.raises(RateLimited) as rpm:  # the parallel slot taken before the rpm refusal is given back
+    with pytest.raises(RateLimited) as rpm:  # a refused request takes no slot: the next one is refused by rpm
         limits.admit(_exchange(max_parallel_requests=1, rpm_limit=1))
     assert rpm.value.code == "rpm_limit_exceeded" and 58 <= int(rpm.value.headers["Retry-After"]) <= 60
     limits.admit(_exchange(max_parallel_requests=1))
+    limits.close()
+
+
+def test_reservations_count_until_settled_then_the_real_cost_counts(tmp_path):
+    limits = Limits(LocalCounters(tmp_path / "l"))
+    first = _exchange(max_budget=1.0, tpm_limit=100)
+    limits.admit(first, cost=0.6, tokens=60)
+    with pytest.raises(BudgetExceeded, match="reserves up to \\$0.500000"):
+        limits.admit(_exchange(max_budget=1.0, tpm_limit=100), cost=0.5, tokens=10)  # 0.6 + 0.5 > 1
+    with pytest.raises(RateLimited, match="used 60 of its 100 tokens"):
+        limits.admit(_exchange(max_budget=1.0, tpm_limit=100), cost=0.1, tokens=50)  # 60 + 50 > 100
+    first.cost, first.usage = 0.2, type("U", (), {"total_tokens": 20})()
+    limits.record(first)  # settled: 0.2 and 20 tokens replace 0.6 and 60
+    second = _exchange(max_budget=1.0, tpm_limit=100)
+    limits.admit(second, cost=0.8, tokens=80)  # 0.2 + 0.8 fits exactly; 20 + 80 tokens too
+    with pytest.raises(BudgetExceeded):
+        limits.admit(_exchange(max_budget=1.0), cost=0.0)  # nothing left, even for a free request
+    limits.close()
 
 
 def test_master_and_own_routes_are_never_limited(tmp_path):
@@ -152,16 +172,86 @@ def test_the_local_counters_file_sits_next_to_the_store(tmp_path):
     assert local_counters_path(on_pg) == tmp_path / "local.sqlite3-limits"
 
 
+def _ask(key="k", **fields) -> Ask:
+    return Ask(id=uuid.uuid4().hex, key=key, owner=fields.pop("owner", "o1"), cost=fields.pop("cost", 0.0),
+               tokens=fields.pop("tokens", 0), record="{}", **fields)
+
+
 def test_one_admission_takes_the_slot_and_the_hit_together_or_neither(two_counters):
     a, b = two_counters
-    admit = dict(parallel=5, rpm=1, window=60, lease_seconds=60)
-    refused, lease = a.admit("k", **admit)
-    assert refused is None and lease
-    assert b.admit("k", **admit) == ("rpm", pytest.approx(60, abs=2))
-    assert b.acquire("parallel:k", 2, 60) is not None  # the admitted request holds one slot, the refused none
-    assert a.acquire("parallel:k", 2, 60) is None
+    a.beat("o1", 1, "here", 60)
+    assert a.admit(_ask(parallel=5, rpm=1), window=60) == (None, None)
+    assert b.admit(_ask(parallel=5, rpm=1), window=60) == ("rpm", pytest.approx(60, abs=2))
+    assert b.admit(_ask(parallel=2), window=60) == (None, None)  # one slot held by the first, none by the refused
+    assert a.admit(_ask(parallel=2), window=60) == ("parallel", None)
     a.add("tpm:k", 50, 60)
-    assert b.admit("k", tpm=50, window=60, lease_seconds=60)[0] == "tpm"
+    assert b.admit(_ask(tpm=50), window=60)[0] == "tpm"
+
+
+def test_budget_admission_asks_again_when_the_keys_records_moved(two_counters):
+    a, b = two_counters
+    a.beat("o1", 1, "here", 60)
+    verdict, epoch = a.admit(_ask(budget=1.0, epoch=-1), window=60)
+    assert verdict == "stale"
+    assert a.admit(_ask(budget=1.0, epoch=epoch, cost=0.5), window=60) == (None, None)
+    assert b.admit(_ask(budget=1.0, epoch=epoch, cost=0.6), window=60) == ("budget", pytest.approx(0.5))
+    b.recorded([], {"k"})  # another worker wrote the key's records: its committed spend moved
+    assert a.admit(_ask(budget=1.0, epoch=epoch, cost=0.1), window=60) == ("stale", epoch + 1)
+
+
+def _admit_and_hang(counters_factory, ready) -> None:
+    limits = Limits(counters_factory())
+    limits.admit(_exchange(max_parallel_requests=1, max_budget=1.0), cost=0.25, tokens=100)
+    ready.set()
+    time.sleep(120)
+
+
+@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
+def counters_factory(request, tmp_path):
+    if request.param == "local":
+        path = tmp_path / "limits.sqlite3"
+        yield lambda: LocalCounters(path)
+        return
+    prefix = f"sidecar-test-{uuid.uuid4().hex[:12]}:"
+    yield lambda: RedisCounters(redis_url(), prefix)
+    cleanup = RedisCounters(redis_url(), prefix)
+    for name in cleanup.redis.scan_iter(prefix + "*"):
+        cleanup.redis.delete(name)
+
+
+def test_a_killed_worker_frees_its_slot_within_10_s_and_its_admission_is_recorded(counters_factory):
+    """A worker SIGKILLed mid-request: its parallel slot is free once it misses its heartbeats, and the
+    request it admitted is handed to the spend log at its reservation, flagged estimated."""
+    import os
+    import signal
+
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    worker = context.Process(target=_admit_and_hang, args=(counters_factory, ready))
+    worker.start()
+    assert ready.wait(30)
+    limits = Limits(counters_factory())
+    with pytest.raises(RateLimited):
+        limits.admit(_exchange(max_parallel_requests=1))
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.join()
+    killed = time.monotonic()
+    while True:
+        try:
+            limits.admit(_exchange(max_parallel_requests=1))
+            break
+        except RateLimited:
+            assert time.monotonic() - killed < 10, "the dead worker's slot was still held after 10 s"
+            time.sleep(0.2)
+    freed = time.monotonic() - killed
+    assert freed <= 7.5  # OWNER_TTL (6 s) after its last beat
+    found = []
+    limits.on_orphans = found.extend
+    limits.sweep()
+    (orphan,) = [o for o in found if o.key == "h" * 64 and o.tokens == 100]
+    assert orphan.amount == 0.25 and not orphan.settled
+    assert json.loads(orphan.record)["request_id"] == "req"
+    limits.close()
 
 
 def test_a_counters_file_from_before_running_totals_keeps_its_windows(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 
 import pytest
 
@@ -198,7 +199,28 @@ def test_a_stream_cut_before_its_usage_records_what_it_knows(app, client, fake):
     response.get_data()
     response.close()
     (row,) = spend_rows(app)
-    assert row["streamed"] and row["prompt_tokens"] is None and row["cost"] is None  # unknown, not free
+    # Mistral bills a cut stream all the same: the prompt estimated from the request ("x": 1 character
+    # and one message's framing), the completion counted from the text relayed ("t0 t1 ": 6 characters).
+    assert row["streamed"] and row["estimated"] is True
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (1 + 4, 2)
+    assert row["cost"] == pytest.approx((5 * 0.15 + 2 * 0.6) / M)
+    logs = client.get("/spend/logs").get_json()["logs"]
+    assert logs[0]["estimated"] is True
+
+
+def test_a_long_cut_stream_is_charged_for_the_text_relayed(app, client, fake):
+    """Past the few events parsed exactly, the text is measured from the events' sizes alone."""
+    words = [f"word{i:03d} " for i in range(200)]  # 8 characters each
+    events = [b"data: " + json.dumps({"id": "cmpl-s", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                                      "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}).encode()
+              + b"\n\n" for w in words]
+    fake.stream("POST", "/v1/chat/completions", events)
+    response = client.post("/v1/chat/completions", json={"model": "mistral-small-latest", "stream": True,
+                                                         "messages": [{"role": "user", "content": "x"}]})
+    response.get_data()
+    response.close()
+    (row,) = spend_rows(app)
+    assert row["estimated"] and row["completion_tokens"] == math.ceil(200 * 8 / 3.5)
 
 
 @pytest.mark.parametrize("send", ["header", "custom-header", "user-field"])

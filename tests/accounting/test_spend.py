@@ -70,13 +70,25 @@ def test_a_virtual_key_sees_its_spend_grow_in_headers_and_key_info(app, client, 
     assert "x-sidecar-key-spend" not in client.post("/v1/chat/completions", json=CHAT, headers=AS_MASTER).headers
 
 
+def _reserve(app) -> float:
+    """What admission reserves for CHAT: its prompt estimate plus the default output reserve, priced."""
+    ex = Exchange("r", "chat_completion_v1_chat_completions_post", "POST", "/v1/chat/completions")
+    ex.model, ex.request_json = CHAT["model"], CHAT
+    return app.extensions["sidecar"].accountant.reserve(ex)[0]
+
+
 @pytest.mark.parametrize("in_flight", [1, 4, 20])
-def test_budget_is_enforced_from_the_records_under_parallel_load(app, client, fake, in_flight):
-    """A budget worth 5 requests, 20 sent with ``in_flight`` at a time: at least 5 pass, and the overshoot
-    is at most the other requests already in flight when the 5th finished (their cost was not yet known)."""
+def test_budget_holds_reservations_of_requests_in_flight(app, client, fake, in_flight):
+    """A budget worth 4.5 requests, 20 sent with ``in_flight`` at a time: each is admitted only while the
+    key's spend plus every reservation in flight plus its own fits, so one at a time admits exactly
+    while that holds, and in parallel the spend stays within the budget but for reserves that fell
+    short of the real cost (the fake bills 1000 prompt tokens for a 3-word question)."""
     priced_chat(fake, delay=0.05)
-    key = new_key(client, key_alias=f"budget-{in_flight}", max_budget=4.5 * PER_REQUEST, budget_duration="30d")
+    budget = 4.5 * PER_REQUEST
+    key = new_key(client, key_alias=f"budget-{in_flight}", max_budget=budget, budget_duration="30d")
     auth = {"Authorization": f"Bearer {key}"}
+    reserve = _reserve(app)
+    assert 0 < reserve < PER_REQUEST
 
     def one(_):
         return app.test_client().post("/v1/chat/completions", json=CHAT, headers=auth).status_code
@@ -85,14 +97,18 @@ def test_budget_is_enforced_from_the_records_under_parallel_load(app, client, fa
         statuses = list(pool.map(one, range(20)))
     admitted = statuses.count(200)
     assert set(statuses) <= {200, 400} and statuses.count(400) == 20 - admitted
-    assert 5 <= admitted <= 5 + in_flight - 1
+    fits_one_at_a_time = int((budget - reserve) // PER_REQUEST) + 1  # spend + reserve <= budget
+    if in_flight == 1:
+        assert admitted == fits_one_at_a_time == 4
+    else:
+        assert fits_one_at_a_time <= admitted <= int(budget // reserve)
     rows = [r for r in records(app) if r["key_alias"] == f"budget-{in_flight}"]
     assert len(rows) == 20
     assert sorted((r["status"], r["cost"]) for r in rows) == sorted(
         [(200, pytest.approx(PER_REQUEST))] * admitted + [(400, 0.0)] * (20 - admitted))
     row = key_row(app, rows[0]["key_hash"])
     assert row["spend"] == pytest.approx(sum(r["cost"] for r in rows), abs=1e-12)  # no double counting
-    assert row["spend"] == pytest.approx(admitted * PER_REQUEST)
+    assert row["spend"] == pytest.approx(admitted * PER_REQUEST) and row["spend"] <= budget * PER_REQUEST / reserve
 
 
 def test_reports_group_and_filter_and_a_virtual_key_sees_only_itself(app, client, fake):

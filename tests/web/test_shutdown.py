@@ -6,6 +6,7 @@ seconds; a worker recycled by ``SIDECAR_MAX_REQUESTS`` drains the same way.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import threading
@@ -13,6 +14,7 @@ import time
 
 import pytest
 import requests
+import sqlalchemy as sa
 
 from ..conftest import MISTRAL_KEY
 from ..fakes import chat_events
@@ -97,6 +99,16 @@ def test_the_grace_period_bounds_how_long_shutdown_waits(fake, tmp_path):
         reader.join(10)
     assert took < 2 + 4, f"shutdown took {took:.1f} s with a 2 s grace period"
     assert len(reader.events) < 301  # the stream was cut when the grace period ran out
+    # ... and told so, in the stream, before the connection closed; and it is billed.
+    last = json.loads(reader.events[-1].removeprefix(b"data: "))
+    assert last["object"] == "error" and last["code"] == "sidecar_shutdown", reader.events[-3:]
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'sidecar.sqlite3'}")
+    with engine.connect() as connection:
+        (row,) = connection.execute(sa.text("SELECT * FROM spend_logs WHERE streamed")).mappings().all()
+    engine.dispose()
+    relayed = len(reader.events) - 1  # content events "t0 ", "t1 "... of 3 to 4 characters
+    assert row["estimated"] and row["error"] == "stream cut at shutdown" and row["cost"] > 0
+    assert relayed * 3 / 3.5 - 1 <= row["completion_tokens"] <= relayed * 4 / 3.5 + 1
 
 
 def test_worker_recycling_lets_in_flight_streams_finish(fake, tmp_path):

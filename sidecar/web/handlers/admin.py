@@ -43,6 +43,8 @@ def handlers(keys, spend, limits) -> dict:
         fields = _fields(call)
         answer = keys.update(fields.pop("key"), fields)
         spend.forget(answer["token"])  # an operator may have set its spend
+        if limits is not None:  # ... or its budget: every worker re-reads it at its next admission
+            limits.spend_changed(answer["token"])
         return jsonify(answer)
 
     def delete(call: OwnRequest):

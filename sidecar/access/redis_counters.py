@@ -1,0 +1,300 @@
+"""The same windows, leases and admissions in Redis, shared by every instance.
+
+Lua runs atomically in Redis and reads Redis's own clock, so instances with skewed clocks agree. An
+admission touches several keys in one script (the key's admissions, windows and epoch, and the
+owners' heartbeats), so it needs one Redis primary, not a Redis Cluster spread over slots.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from sidecar.access.admission import EPSILON, Ask, Orphan
+from sidecar.core.errors import ServiceUnavailable
+
+log = logging.getLogger("sidecar.access.limits")
+
+_NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n"
+_TAKE = _NOW + """
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000))
+  return false
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return tostring(tonumber(oldest[2]) + window - now)
+"""
+_SUM = """
+local function window_sum(key, window)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  local used, oldest = 0, false
+  for i = 1, #entries, 2 do
+    used = used + tonumber(string.match(entries[i], ':(%d+)$'))
+    if not oldest then oldest = entries[i + 1] end
+  end
+  return used, oldest
+end
+"""
+_TOTAL = _NOW + _SUM + """
+local used, oldest = window_sum(KEYS[1], tonumber(ARGV[1]))
+return {used, oldest}
+"""
+_ADD = _NOW + """
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) * 1000))
+"""
+_ACQUIRE = _NOW + """
+local limit, lease_seconds = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
+redis.call('ZADD', KEYS[1], now + lease_seconds, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], math.ceil(lease_seconds * 1000))
+return 1
+"""
+# KEYS: epoch, admissions of the key, tpm window, rpm window, owners, records, index.
+# An admission is the hash field id -> "amount|tokens|inflight|settled|owner|tpm member".
+_ADMIT = _NOW + _SUM + """
+local id, owner, cost, tokens, record = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local budget, committed, epoch = ARGV[6], tonumber(ARGV[7]), ARGV[8]
+local tpm, parallel, rpm, window, eps = ARGV[9], ARGV[10], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
+if budget ~= '' then
+  budget = tonumber(budget)
+  local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if epoch ~= '' and current ~= tonumber(epoch) then return {'stale', tostring(current)} end
+  local held = 0
+  for _, value in ipairs(redis.call('HVALS', KEYS[2])) do
+    held = held + tonumber(string.match(value, '^([^|]+)'))
+  end
+  local spend = committed + held
+  if not (spend < budget - eps and spend + cost <= budget + eps) then return {'budget', tostring(spend)} end
+end
+if tpm ~= '' then
+  local limit = tonumber(tpm)
+  local used, oldest = window_sum(KEYS[3], window)
+  if not (used < limit and (used + tokens <= limit or used == 0)) then
+    return {'tpm', tostring(used), oldest or ''}
+  end
+end
+if parallel ~= '' then
+  local inflight = 0
+  for _, value in ipairs(redis.call('HVALS', KEYS[2])) do
+    local _a, _t, live, _s, holder = string.match(value, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)')
+    if live == '1' then
+      local beat = redis.call('ZSCORE', KEYS[5], holder)
+      if beat and tonumber(beat) > now then inflight = inflight + 1 end
+    end
+  end
+  if inflight >= tonumber(parallel) then return {'parallel'} end
+end
+if rpm ~= '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - window)
+  if redis.call('ZCARD', KEYS[4]) >= tonumber(rpm) then
+    local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+    return {'rpm', tostring(tonumber(oldest[2]) + window - now)}
+  end
+  redis.call('ZADD', KEYS[4], now, id)
+  redis.call('PEXPIRE', KEYS[4], math.ceil(window * 1000))
+end
+local member = ''
+if tpm ~= '' and tokens > 0 then
+  member = id .. ':' .. tokens
+  redis.call('ZADD', KEYS[3], now, member)
+  redis.call('PEXPIRE', KEYS[3], math.ceil(window * 1000))
+end
+redis.call('HSET', KEYS[2], id, cost .. '|' .. tokens .. '|1|0|' .. owner .. '|' .. member)
+redis.call('HSET', KEYS[6], id, record)
+redis.call('HSET', KEYS[7], id, ARGV[14])
+return {'ok'}
+"""
+# KEYS: admissions of the key, tpm window. ARGV: id, cost, tokens, tpm ('1' or ''), window.
+_SETTLE = _NOW + """
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return 0 end
+local _a, _t, _l, _s, owner, member = string.match(value, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+local tokens = tonumber(ARGV[3])
+local new = ''
+if ARGV[4] == '1' then
+  local score = member ~= '' and redis.call('ZSCORE', KEYS[2], member)
+  if score then
+    redis.call('ZREM', KEYS[2], member)
+    if tokens > 0 then new = ARGV[1] .. ':' .. tokens; redis.call('ZADD', KEYS[2], score, new) end
+  elseif member == '' and tokens > 0 then
+    new = ARGV[1] .. ':' .. tokens
+    redis.call('ZADD', KEYS[2], now, new)
+    redis.call('PEXPIRE', KEYS[2], math.ceil(tonumber(ARGV[5]) * 1000))
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. tokens .. '|0|1|' .. owner .. '|' .. new)
+return 1
+"""
+
+class RedisCounters:
+    """Windows, leases and admissions in Redis; one round trip per operation."""
+
+    def __init__(self, url: str, prefix: str = "mistral-sidecar:"):
+        import redis
+
+        self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.errors = (redis.exceptions.RedisError,)
+        self.prefix = prefix
+        self._take, self._total, self._add, self._acquire, self._admit, self._settle = (
+            self.redis.register_script(s) for s in (_TAKE, _TOTAL, _ADD, _ACQUIRE, _ADMIT, _SETTLE))
+        self._owners, self._records, self._index = prefix + "owners", prefix + "admission-records", prefix + "admissions"
+
+    def probe(self) -> str | None:
+        """The readiness probe: None when Redis answers a PING, else why not."""
+        try:
+            self.redis.ping()
+        except self.errors as exc:
+            return f"Redis does not answer: {type(exc).__name__}"
+        return None
+
+    def _run(self, script, keys, args):
+        try:
+            return script(keys=keys, args=args)
+        except self.errors as exc:
+            raise ServiceUnavailable(f"The shared rate limiter (Redis) is unavailable: {type(exc).__name__}.",
+                                     code="limiter_unavailable") from None
+
+    def _call(self, script, name: str, args):
+        return self._run(script, [self.prefix + name], args)
+
+    def take(self, name: str, limit: int, window: float) -> float | None:
+        wait = self._call(self._take, name, [limit, window, uuid.uuid4().hex])
+        return None if wait is None else float(wait)
+
+    def total(self, name: str, window: float) -> tuple[int, float | None]:
+        used, oldest = self._call(self._total, name, [window])
+        return int(used), (float(oldest) if oldest else None)
+
+    def add(self, name: str, weight: int, window: float) -> None:
+        self._call(self._add, name, [f"{uuid.uuid4().hex}:{int(weight)}", window])
+
+    def acquire(self, name: str, limit: int, lease_seconds: float) -> str | None:
+        lease = uuid.uuid4().hex
+        return lease if self._call(self._acquire, name, [limit, lease_seconds, lease]) else None
+
+    def release(self, name: str, lease: str) -> None:
+        try:
+            self.redis.zrem(self.prefix + name, lease)
+        except self.errors as exc:  # the lease expires by itself; failing the finished response would help no one
+            log.warning("could not release parallel lease %s: %s", name, type(exc).__name__)
+
+    # -- admissions -------------------------------------------------------------------------------------
+    def _keys(self, key: str) -> list[str]:
+        p = self.prefix
+        return [f"{p}epoch:{key}", f"{p}admitted:{key}", f"{p}tpm:{key}", f"{p}rpm:{key}",
+                self._owners, self._records, self._index]
+
+    def admit(self, ask: Ask, *, window: float):
+        """``LocalCounters.admit`` in one script."""
+        def opt(value):
+            return "" if value is None else value
+        answer = self._run(self._admit, self._keys(ask.key), [
+            ask.id, ask.owner, repr(ask.cost), ask.tokens, ask.record, opt(ask.budget), repr(ask.committed),
+            opt(ask.epoch), opt(ask.tpm), opt(ask.parallel), opt(ask.rpm), window, EPSILON, ask.key])
+        verdict = answer[0].decode()
+        if verdict == "ok":
+            return None, None
+        if verdict == "stale":
+            return "stale", int(answer[1])
+        if verdict == "budget":
+            return "budget", float(answer[1])
+        if verdict == "tpm":
+            return "tpm", (int(answer[1]), float(answer[2]) if answer[2] else None)
+        if verdict == "rpm":
+            return "rpm", float(answer[1])
+        return "parallel", None
+
+    def settle(self, admission: str, cost: float, tokens: int, tpm: bool, window: float) -> None:
+        key = self._key_of(admission)
+        if key is not None:
+            self._run(self._settle, [f"{self.prefix}admitted:{key}", f"{self.prefix}tpm:{key}"],
+                      [admission, repr(cost), int(tokens), "1" if tpm else "", window])
+
+    def _key_of(self, admission: str) -> str | None:
+        try:
+            key = self.redis.hget(self._index, admission)
+        except self.errors as exc:
+            log.warning("could not settle admission %s: %s", admission, type(exc).__name__)
+            return None
+        return key.decode() if key is not None else None
+
+    def _drop(self, pipe, admission: str, key: str) -> None:
+        pipe.hdel(f"{self.prefix}admitted:{key}", admission)
+        pipe.hdel(self._records, admission)
+        pipe.hdel(self._index, admission)
+
+    def abandon(self, admission: str) -> None:
+        key = self._key_of(admission)
+        if key is None:
+            return
+        value = self.redis.hget(f"{self.prefix}admitted:{key}", admission)
+        if value is not None and value.split(b"|")[3] == b"0":
+            pipe = self.redis.pipeline()
+            self._drop(pipe, admission, key)
+            pipe.execute()
+
+    def recorded(self, admissions: list[str], keys: set[str]) -> None:
+        keys_of = dict(zip(admissions, self.redis.hmget(self._index, admissions), strict=True)) if admissions else {}
+        pipe = self.redis.pipeline()
+        for admission, key in keys_of.items():
+            if key is not None:
+                self._drop(pipe, admission, key.decode())
+        for key in keys:
+            pipe.incr(f"{self.prefix}epoch:{key}")
+        pipe.execute()
+
+    def bump(self, key: str) -> None:
+        self.redis.incr(f"{self.prefix}epoch:{key}")
+
+    # -- owners and the sweep ---------------------------------------------------------------------------
+    def beat(self, owner: str, pid: int, host: str, ttl: float) -> None:
+        (seconds, micros) = self.redis.time()
+        pipe = self.redis.pipeline()
+        pipe.zadd(self._owners, {owner: seconds + micros / 1e6 + ttl})
+        pipe.hset(self._owners + ":where", owner, f"{pid}|{host}")
+        pipe.execute()
+
+    def leave(self, owner: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.zrem(self._owners, owner)
+        pipe.hdel(self._owners + ":where", owner)
+        pipe.execute()
+
+    def sweep(self, *, host: str, grace: float, alive, mine: str = "") -> list[Orphan]:
+        """``LocalCounters.sweep``: admissions of owners that stopped beating, claimed one by one (HDEL
+        answers 1 to exactly one sweeper)."""
+        (seconds, micros) = self.redis.time()
+        now = seconds + micros / 1e6
+        index = self.redis.hgetall(self._index)
+        claimed: list[Orphan] = []
+        beats: dict[str, float | None] = {}
+        for raw_id, raw_key in index.items():
+            admission, key = raw_id.decode(), raw_key.decode()
+            value = self.redis.hget(f"{self.prefix}admitted:{key}", admission)
+            if value is None:
+                continue
+            amount, tokens, _live, settled, owner, _member = value.decode().split("|", 5)
+            if owner == mine:
+                continue
+            if owner not in beats:
+                beats[owner] = self.redis.zscore(self._owners, owner)
+            beat = beats[owner]
+            where = self.redis.hget(self._owners + ":where", owner)
+            pid, _, owner_host = where.decode().partition("|") if where else ("0", "", "")
+            if beat is not None and beat > now and owner_host != host:
+                continue
+            if not (beat is None or beat <= now - grace or (owner_host == host and not alive(int(pid)))):
+                continue
+            record = self.redis.hget(self._records, admission)
+            if self.redis.hdel(f"{self.prefix}admitted:{key}", admission):
+                self.redis.hdel(self._records, admission)
+                self.redis.hdel(self._index, admission)
+                claimed.append(Orphan(admission, key, float(amount), int(tokens), settled == "1",
+                                      record.decode() if record else "{}"))
+        return claimed
