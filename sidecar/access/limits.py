@@ -104,11 +104,12 @@ class Limits:
         released = []
 
         def release() -> None:
-            """The exchange's answer is over: its slot is free and its reservation given back, unless it
-            was already settled (``record``); a ``record`` after this settles it to its real cost."""
+            """The exchange's answer is over: its parallel slot is free. Its reservation stays until
+            ``record`` settles it to the real cost (or, for an exchange that crashed and is never
+            recorded, until its worker exits and the sweep records it at the reservation)."""
             if not released and not ex.finished:
                 released.append(True)
-                self.counters.settle(ask.id, 0.0, 0, False, WINDOW)
+                self.counters.free(ask.id)
         return release
 
     def _committed_spend(self, caller) -> tuple[int | None, float]:

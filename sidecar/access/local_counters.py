@@ -201,6 +201,10 @@ class LocalCounters:
                 self._hit(db, f"tpm:{key}", now, tokens)
         self._transaction(work)
 
+    def free(self, admission: str) -> None:
+        """Its answer is over: it no longer holds a parallel slot (its amount still counts)."""
+        self._transaction(lambda db, now: db.execute("UPDATE admissions SET inflight = 0 WHERE id = ?", (admission,)))
+
     def abandon(self, admission: str) -> None:
         """A request that will never be recorded (the server failed before answering): refund it."""
         self._transaction(lambda db, now: db.execute("DELETE FROM admissions WHERE id = ? AND settled = 0",

@@ -132,6 +132,15 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. tokens .. '|0|1|' .. owne
 return 1
 """
 
+_FREE = """
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return 0 end
+local amount, tokens, _live, rest = string.match(value, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+redis.call('HSET', KEYS[1], ARGV[1], amount .. '|' .. tokens .. '|0|' .. rest)
+return 1
+"""
+
+
 class RedisCounters:
     """Windows, leases and admissions in Redis; one round trip per operation."""
 
@@ -141,8 +150,8 @@ class RedisCounters:
         self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self.errors = (redis.exceptions.RedisError,)
         self.prefix = prefix
-        self._take, self._total, self._add, self._acquire, self._admit, self._settle = (
-            self.redis.register_script(s) for s in (_TAKE, _TOTAL, _ADD, _ACQUIRE, _ADMIT, _SETTLE))
+        self._take, self._total, self._add, self._acquire, self._admit, self._settle, self._free = (
+            self.redis.register_script(s) for s in (_TAKE, _TOTAL, _ADD, _ACQUIRE, _ADMIT, _SETTLE, _FREE))
         self._owners, self._records, self._index = prefix + "owners", prefix + "admission-records", prefix + "admissions"
 
     def probe(self) -> str | None:
@@ -228,6 +237,11 @@ class RedisCounters:
         pipe.hdel(f"{self.prefix}admitted:{key}", admission)
         pipe.hdel(self._records, admission)
         pipe.hdel(self._index, admission)
+
+    def free(self, admission: str) -> None:
+        key = self._key_of(admission)
+        if key is not None:
+            self._run(self._free, [f"{self.prefix}admitted:{key}"], [admission])
 
     def abandon(self, admission: str) -> None:
         key = self._key_of(admission)
