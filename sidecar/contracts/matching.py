@@ -20,7 +20,7 @@ from urllib.parse import unquote
 
 from sidecar.contracts.fileformat import Asked, Contract
 from sidecar.core.errors import NoContract
-from sidecar.core.spec import Endpoint, Spec
+from sidecar.core.spec import PATH_PARAM, Endpoint, Spec
 
 MISSING = object()
 
@@ -162,7 +162,7 @@ class Route:
 def path_pattern(template: str) -> re.Pattern:
     """``/v1/files/{file_id}`` -> a regex with one named group per parameter."""
     out, pos = [], 0
-    for found in re.finditer(r"{([^}/]+)}", template):
+    for found in PATH_PARAM.finditer(template):
         out.append(re.escape(template[pos:found.start()]))
         out.append(f"(?P<{found.group(1)}>[^/]+)")
         pos = found.end()
@@ -172,7 +172,7 @@ def path_pattern(template: str) -> re.Pattern:
 
 def _literal_first(endpoint: Endpoint) -> tuple[int, int]:
     """Sort key putting literal segments first: ``/v1/agents/pages`` before ``/v1/agents/{agent_id}``."""
-    return (endpoint.path.count("{"), -len(re.sub(r"{[^}]+}", "", endpoint.path)))
+    return (endpoint.path.count("{"), -len(PATH_PARAM.sub("", endpoint.path)))
 
 
 class ContractIndex:

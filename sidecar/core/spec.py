@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
-_PARAM = re.compile(r"{([^}/]+)}")
+PATH_PARAM = re.compile(r"{([^}/]+)}")  # a parameter in a path template; group 1 is its name
 
 # The string protocols of an operation, spelled once: what each value means is in ``Operation``.
 Auth = Literal["bearer", "master", "admin", "x-api-key", "none"]
@@ -68,7 +68,7 @@ class Endpoint:
 
 def flask_rule(path: str) -> str:
     """``/v1/files/{file_id}`` -> ``/v1/files/<file_id>``."""
-    return _PARAM.sub(r"<\1>", path)
+    return PATH_PARAM.sub(r"<\1>", path)
 
 
 def load_document(path: Path | str) -> dict:
