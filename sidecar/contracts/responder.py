@@ -145,8 +145,8 @@ class Responder:
         if not isinstance(body.get("id"), str):
             return
         ids = [v for k, v in params.items() if k == "id" or k.endswith("_id")]
-        if ids and asked.method in ("GET", "PATCH", "PUT", "DELETE"):
-            body["id"] = ids[-1]
+        if ids and asked.method in ("GET", "PATCH", "PUT", "DELETE") and (_is_uuid(ids[-1]) or not _is_uuid(body["id"])):
+            body["id"] = ids[-1]  # (a UUID stays a UUID: an id of another shape is not what this object carries)
         else:
             body["id"] = _like(body["id"], digest)
 
@@ -194,9 +194,13 @@ class Responder:
         body["usage"] = {**body.get("usage", {}), "prompt_tokens": used, "completion_tokens": 0, "total_tokens": used}
 
 
+def _is_uuid(text: str) -> bool:
+    return len(text) == 36 and text.count("-") == 4
+
+
 def _like(old: str, digest: str) -> str:
     """A new id shaped like ``old``: a UUID for a UUID, else the same prefix (``cmpl-``) and hex digits."""
-    if len(old) == 36 and old.count("-") == 4:
+    if _is_uuid(old):
         return f"{digest[:8]}-{digest[8:12]}-4{digest[13:16]}-a{digest[17:20]}-{digest[20:32]}"
     cut = max(old.rfind("-"), old.rfind("_")) + 1
     return old[:cut] + digest[:max(8, min(32, len(old) - cut))]
