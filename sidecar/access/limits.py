@@ -145,7 +145,7 @@ class Limits:
 
     def record(self, ex) -> None:
         """Accountant sink: the exchange ended, its real cost and tokens replace its reservation."""
-        if getattr(ex, "admission", None) is None or not ex.settles:
+        if ex.admission is None or not ex.settles:
             return
         usage = ex.usage
         tokens = getattr(usage, "total_tokens", 0) or (

@@ -218,7 +218,7 @@ class Accountant:
             "upstream_ms": round(ex.upstream_latency * 1000, 2) if ex.upstream_latency is not None else None,
             "model": ex.model, "deployment": ex.deployment, "stream": ex.stream, "key_alias": ex.key_alias,
             "key": key_hash[:12] if key_hash else None, "end_user": ex.end_user,
-            **counts, "cost": ex.cost, "error": ex.error, "estimated": getattr(ex.usage, "estimated", False),
+            **counts, "cost": ex.cost, "error": ex.error, "estimated": ex.usage is not None and ex.usage.estimated,
         }
 
 

@@ -54,7 +54,7 @@ def spend_record(ex) -> dict:
         **usage_counts(ex.usage),
         "cost": ex.cost, "latency_ms": round(ex.latency * 1000, 3),
         "upstream_ms": round(ex.upstream_latency * 1000, 3) if ex.upstream_latency is not None else None,
-        "streamed": bool(ex.stream), "error": _short(ex.error), "estimated": bool(getattr(ex.usage, "estimated", False)),
+        "streamed": bool(ex.stream), "error": _short(ex.error), "estimated": ex.usage is not None and ex.usage.estimated,
     }
 
 
