@@ -25,8 +25,7 @@ from sidecar.core import estimate
 
 from ..conftest import MISTRAL_KEY
 from ..fakes import chat_body, chat_events
-from ..servers import gunicorn_sidecar
-from .test_faults import _children
+from ..servers import children, gunicorn_sidecar
 
 pytestmark = pytest.mark.slow
 MASTER = "sk-master-money-test-0123456789"
@@ -139,7 +138,7 @@ def test_sigkill_of_both_workers_mid_load_leaves_no_answered_request_without_a_r
         thread.start()
     time.sleep(3)
     before = len(answered)
-    for worker in _children(process.pid):
+    for worker in children(process.pid):
         os.kill(worker, signal.SIGKILL)
     time.sleep(4)  # gunicorn starts two new workers; they sweep what the dead ones left
     stop.set()
