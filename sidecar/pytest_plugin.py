@@ -95,7 +95,7 @@ def mistral_sidecar(pytestconfig, tmp_path_factory):
 
     from sidecar import create_app
     from sidecar.contracts.fileformat import ContractError
-    from sidecar.factory import _compiled
+    from sidecar.core.validation import load_compiled
     from sidecar.settings import Settings, SettingsError
 
     contracts, own = resolve_contracts(pytestconfig)
@@ -108,7 +108,7 @@ def mistral_sidecar(pytestconfig, tmp_path_factory):
             contracts_fallback=fallback if own else "none", replay_speed=max(0.0, speed), host="127.0.0.1",
             database_url=f"sqlite:///{tmp_path_factory.mktemp('mistral-sidecar') / 'sidecar.sqlite3'}",
             redis_url=None, metrics_dir=None)
-        spec = _compiled(Path(settings.spec_path), Path(settings.spec_path).stat().st_mtime)[0]  # create_app's, cached
+        spec = load_compiled(settings.spec_path)[0]  # create_app's, cached
         app = create_app(settings, adapter=_adapter(settings, spec, record, own))
     except (ContractError, SettingsError, ValueError) as error:
         pytest.fail(f"mistral-sidecar could not start: {error}", pytrace=False)

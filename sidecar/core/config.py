@@ -59,6 +59,10 @@ PARAM_KEYS = (frozenset({"model", "api_key", "api_base", "rpm", "tpm", "weight",
               | PRICE_KEYS | frozenset(k for keys in CLOUDS.values() for k in keys))
 MODEL_KEYS = frozenset({"model_name", "litellm_params", "model_info"})
 GENERAL_KEYS = frozenset({"master_key", "database_url", "pass_through_endpoints"})
+# A pass-through header whose name says it carries a credential is a secret even when written literally;
+# others (content-type, accept) are not, or scrubbing would rewrite every answer that echoes them.
+# Values filled from os.environ/NAME are secrets whatever the header.
+CREDENTIAL_HEADER = re.compile(r"auth|key|token|secret|signature|cookie|password", re.I)
 PASS_KEYS = frozenset({"path", "target", "headers", "forward_headers", "include_subpath", "auth"})
 
 
@@ -296,8 +300,8 @@ def _pass_through(reader: _Reader, node, index: int) -> PassThroughEndpoint:
         raise reader.fail(f"{where}.path", "must be a plain absolute path such as /mistral/v1/ocr")
     target = reader.url(node.get("target"), f"{where}.target", required=True)
     headers = reader.mapping(node.get("headers"), f"{where}.headers")
-    pairs = tuple((str(name), reader.string(value, f"{where}.headers.{name}", required=True, secret=True,
-                                            upstream=True))
+    pairs = tuple((str(name), reader.string(value, f"{where}.headers.{name}", required=True,
+                                            secret=bool(CREDENTIAL_HEADER.search(str(name))), upstream=True))
                   for name, value in headers.items())
     return PassThroughEndpoint(
         path=path.rstrip("/") or "/",
