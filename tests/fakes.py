@@ -273,3 +273,19 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
+
+
+# A user's own contract, as an app team writes it: one exact question and its answer.
+CAPITAL_CONTRACT = """
+operation: chat_completion_v1_chat_completions_post
+exchanges:
+- name: capital of France
+  match: {json: {messages: [{role: user, content: What is the capital of France?}]}}
+  request: {method: POST, path: /v1/chat/completions,
+            json: {model: mistral-small-latest, messages: [{role: user, content: What is the capital of France?}]}}
+  response:
+    status: 200
+    json: {id: cmpl-1, object: chat.completion, created: 1764064800, model: mistral-small-latest,
+           choices: [{index: 0, message: {role: assistant, content: Paris.}, finish_reason: stop}],
+           usage: {prompt_tokens: 9, completion_tokens: 2, total_tokens: 11}}
+"""

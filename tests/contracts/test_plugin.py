@@ -9,21 +9,10 @@ import pytest
 
 from sidecar.contracts import fileformat
 
+from ..fakes import CAPITAL_CONTRACT
+
 pytest_plugins = ["pytester"]
 
-CAPITAL = """
-operation: chat_completion_v1_chat_completions_post
-exchanges:
-- name: capital of France
-  match: {json: {messages: [{role: user, content: What is the capital of France?}]}}
-  request: {method: POST, path: /v1/chat/completions,
-            json: {model: mistral-small-latest, messages: [{role: user, content: What is the capital of France?}]}}
-  response:
-    status: 200
-    json: {id: cmpl-1, object: chat.completion, created: 1764064800, model: mistral-small-latest,
-           choices: [{index: 0, message: {role: assistant, content: Paris.}, finish_reason: stop}],
-           usage: {prompt_tokens: 9, completion_tokens: 2, total_tokens: 11}}
-"""
 APP_TESTS = """
 import requests
 
@@ -61,7 +50,7 @@ def _run(pytester, *args):
 def app_tests(pytester):
     """An application's test folder: its own contract in tests/contracts, no conftest."""
     (pytester.path / "tests" / "contracts").mkdir(parents=True)
-    (pytester.path / "tests" / "contracts" / "capital.yaml").write_text(CAPITAL)
+    (pytester.path / "tests" / "contracts" / "capital.yaml").write_text(CAPITAL_CONTRACT)
     (pytester.path / "tests" / "test_app.py").write_text(APP_TESTS)
     return pytester
 
@@ -85,7 +74,7 @@ def test_the_shipped_answers_back_yours_only_when_asked_and_say_so(app_tests):
 
 
 def test_a_misspelt_key_fails_the_session_naming_file_exchange_and_key(app_tests):
-    bad = CAPITAL.replace("  match:", "  macth:")
+    bad = CAPITAL_CONTRACT.replace("  match:", "  macth:")
     (app_tests.path / "tests" / "contracts" / "capital.yaml").write_text(bad)
     result = _run(app_tests)
     result.assert_outcomes(errors=3)

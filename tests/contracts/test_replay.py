@@ -8,21 +8,9 @@ import logging
 import pytest
 
 from ..conftest import ROOT
+from ..fakes import CAPITAL_CONTRACT
 
 CHAT = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "I am going to Paris, what should I see?"}]}
-OWN_CONTRACT = """
-operation: chat_completion_v1_chat_completions_post
-exchanges:
-- name: capital of France
-  match: {json: {messages: [{role: user, content: What is the capital of France?}]}}
-  request: {method: POST, path: /v1/chat/completions,
-            json: {model: mistral-small-latest, messages: [{role: user, content: What is the capital of France?}]}}
-  response:
-    status: 200
-    json: {id: cmpl-1, object: chat.completion, created: 1764064800, model: mistral-small-latest,
-           choices: [{index: 0, message: {role: assistant, content: Paris.}, finish_reason: stop}],
-           usage: {prompt_tokens: 9, completion_tokens: 2, total_tokens: 11}}
-"""
 
 
 @pytest.fixture
@@ -92,7 +80,7 @@ def test_path_ids_and_binary_bodies(replay):
 
 
 def test_a_request_no_contract_answers_gets_501_in_the_error_shape(make_app, tmp_path):
-    (tmp_path / "chat.yaml").write_text(OWN_CONTRACT)
+    (tmp_path / "chat.yaml").write_text(CAPITAL_CONTRACT)
     client = make_app(upstream_mode="replay", contracts_dir=tmp_path).test_client()
     stream = client.post("/v1/chat/completions", json=dict(CHAT, stream=True))
     assert stream.status_code == 501
@@ -106,7 +94,7 @@ def test_a_request_no_contract_answers_gets_501_in_the_error_shape(make_app, tmp
 
 
 def test_your_own_contract_gives_a_fixed_answer_for_a_given_prompt(make_app, tmp_path):
-    (tmp_path / "mine.yaml").write_text(OWN_CONTRACT)
+    (tmp_path / "mine.yaml").write_text(CAPITAL_CONTRACT)
     (tmp_path / "shipped.yaml").write_text((ROOT / "contracts" / "chat_completion_v1_chat_completions_post.yaml").read_text())
     client = make_app(upstream_mode="replay", contracts_dir=tmp_path).test_client()
     asked = {"model": "mistral-large-latest", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
