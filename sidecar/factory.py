@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
     limits = Limits(counters_for(settings, clock), clock=clock,
                     exempt=frozenset(op.id for op in spec.operations if op.handler), spend=spend_log.committed_spend)
     spend_log.on_committed, limits.on_orphans = limits.recorded, spend_log.recover
-    limits.sweep()  # what workers that died before this one started left unrecorded
+    limits.sweep_at_start()  # what workers that died before this one started left unrecorded
     redactor = Redactor(settings.secrets())
     readiness = health.Readiness({"store": store.check})
     if isinstance(limits.counters, RedisCounters):

@@ -208,6 +208,16 @@ class Limits:
             self.on_orphans(orphans)
         return orphans
 
+    def sweep_at_start(self) -> list[Orphan]:
+        """``sweep`` when a worker starts; a limiter that is down then must not stop the worker (readiness
+        says it is down, limited keys get 503), and the heartbeat sweeps once it answers again."""
+        try:
+            return self.sweep()
+        except self.counters.errors as exc:
+            log.warning("limiter unavailable at start (%s): dead workers' admissions are swept once it answers",
+                        type(exc).__name__)
+            return []
+
     def close(self) -> None:
         """Stop beating and leave: what this process still holds is swept by the others."""
         self._stop.set()

@@ -48,6 +48,7 @@ class LocalCounters:
     def __init__(self, path: Path | str, clock: Clock = SYSTEM):
         self.path = str(path)
         self.clock = clock
+        self.errors = (sqlite3.Error, OSError)  # what this store raises when it cannot answer
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
