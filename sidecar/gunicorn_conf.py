@@ -37,11 +37,13 @@ worker_class = "sidecar.worker.SidecarWorker"
 workers = _settings.workers  # one per core: the sidecar is CPU-bound only in JSON and framing
 
 
-def _connection_cap(wanted: int) -> int:
-    """Connections one worker may hold (``SIDECAR_WORKER_CONNECTIONS``), within its file-descriptor limit.
+def _connection_cap(wanted: int) -> tuple[int, str]:
+    """Connections one worker may hold (``SIDECAR_WORKER_CONNECTIONS``), within its file-descriptor limit,
+    and how the start-up summary says it.
 
     Each connection is one descriptor, and each may open one upstream connection: the soft limit is
-    raised to the hard one, and if that is still short the cap is lowered, saying so once.
+    raised to the hard one, and if that is still short the cap is lowered; the summary says so (once,
+    from the master), so a refusal to start stays the one line it is.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = 2 * wanted + 256  # a client socket and an upstream socket each, plus the store and logs
@@ -51,17 +53,15 @@ def _connection_cap(wanted: int) -> int:
         soft = target
     if soft != resource.RLIM_INFINITY and soft < needed:
         capped = max(100, (soft - 256) // 2)
-        print(f"mistral-sidecar: open-file limit {soft} (ulimit -n) holds {capped} connections per worker, "
-              f"not SIDECAR_WORKER_CONNECTIONS={wanted}: raise the limit to {needed} to allow them", file=sys.stderr,
-              flush=True)
-        return capped
-    return wanted
+        return capped, (f"{capped} per worker, not SIDECAR_WORKER_CONNECTIONS={wanted}: the open-file limit "
+                        f"is {soft} (ulimit -n); raise it to {needed} to allow them")
+    return wanted, f"{wanted} per worker"
 
 
 # Idle connections cost a greenlet and a socket each (about 10 KB, see README): a cap far above
 # any real load means a flood of slow clients cannot take every slot (each is closed after
 # SIDECAR_HEADER_TIMEOUT anyway).
-worker_connections = _connection_cap(_settings.worker_connections)
+worker_connections, _connections_said = _connection_cap(_settings.worker_connections)
 # Connections the kernel holds before a worker accepts them (capped by net.core.somaxconn): under a flood
 # of reconnecting clients a short queue drops a real client's SYN, which then waits 1-3 s to retry.
 backlog = 16384
@@ -98,7 +98,8 @@ def on_starting(server) -> None:
     # those pages.
     load_compiled(_settings.spec_path)
     gc.freeze()
-    print(startup.summary(_settings, server.cfg.bind, server.cfg.workers), file=sys.stderr, flush=True)
+    print(startup.summary(_settings, server.cfg.bind, server.cfg.workers, connections=_connections_said),
+          file=sys.stderr, flush=True)
 
 
 # OpenTelemetry's exporters (accounting/telemetry.py) start in each worker when it builds its app: after

@@ -97,7 +97,7 @@ def _auth(settings: Settings) -> str:
     return "OPEN: no master key, ANY bearer token is accepted (allowed on loopback only; set SIDECAR_MASTER_KEY)"
 
 
-def summary(settings: Settings, binds, workers: int, worker_class: str = "gevent") -> str:
+def summary(settings: Settings, binds, workers: int, worker_class: str = "gevent", connections: str | None = None) -> str:
     """The block printed once at start-up; never a secret (no keys, no database password)."""
     config = settings.config
     upstream = settings.mistral_api_base
@@ -111,6 +111,7 @@ def summary(settings: Settings, binds, workers: int, worker_class: str = "gevent
         ("store", _store(settings)),
         ("limits", _limits(settings)),
         ("workers", f"{workers} {worker_class}"),
+        *((("connections", connections),) if connections else ()),
         ("listening", ", ".join(f"http://{address}" for address in binds)),
     ]
     lines = [f"{PREFIX} {shipped.version()}"] + [f"  {name:<10}{value}" for name, value in rows]

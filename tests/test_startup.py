@@ -87,14 +87,14 @@ def test_binding_beyond_loopback_needs_a_master_key():
 def test_the_summary_names_mode_upstream_auth_config_store_limits_workers_and_port(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("model_list:\n  - model_name: code\n    litellm_params: {model: codestral/codestral-latest}\n"
-                      "router_settings: {routing_strategy: simple-shuffle}\n")
+                      "router_settings: {routing_strategy: simple-shuffle, redis_host: cache}\n")
     settings = Settings.from_env({"SIDECAR_CONFIG": str(config), "MISTRAL_API_KEY": UPSTREAM_KEY,
                                   "DATABASE_URL": "postgresql://app:pg-secret-pw@db.internal:5433/spend",
                                   "REDIS_URL": "redis://:redis-secret-pw@cache.internal:6379/0"})
     text = startup.summary(settings, ["0.0.0.0:8000"], 3)
     for expected in ("mode      real", "https://api.mistral.ai (key set)", "OPEN", str(config),
                      "PostgreSQL db.internal:5433/spend", "Redis cache.internal:6379", "3 gevent", "0.0.0.0:8000",
-                     "CODESTRAL_API_KEY is not set", "router_settings"):
+                     "CODESTRAL_API_KEY is not set", "router_settings.redis_host: not used"):
         assert expected in text, text
     for secret in ("pg-secret-pw", "redis-secret-pw", UPSTREAM_KEY, "app:"):
         assert secret not in text
@@ -120,7 +120,7 @@ def test_serving_prints_the_summary_once_and_each_config_warning_once_without_al
         err = process.communicate(timeout=30)[1]
     assert len(re.findall(r"^mistral-sidecar \S+$", err, re.M)) == 1, err
     assert err.count("  mode      replay") == 1 and err.count("OPEN: no master key") == 1, err
-    assert err.count("litellm_settings: not used") == 1, err
+    assert err.count("litellm_settings.drop_params: not used") == 1, err
     assert err.count(f"listening http://127.0.0.1:{port}") == 1
     for chatter in ("Context impl", "Will assume", "Running upgrade", "Traceback"):
         assert chatter not in err, err
