@@ -117,6 +117,17 @@ def _coercer(doc: dict, schema: dict):
     return lambda values: one(values[-1])
 
 
+def _query_coercers(doc: dict, name: str, schema: dict) -> list[tuple[str, str, str | None, object]]:
+    """(query key, parameter, property, coercer) for one query parameter. An object parameter is sent
+    exploded (OpenAPI's default form style: ``?active=true`` for ``query_filters.active``), so each of its
+    properties is read from its own key and validated inside the object, where the schema puts it."""
+    resolved = resolve(doc, schema) or {}
+    properties = resolved.get("properties") if resolved.get("type") == "object" else None
+    if properties:
+        return [(prop, name, prop, _coercer(doc, sub)) for prop, sub in properties.items()]
+    return [(name, name, None, _coercer(doc, schema))]
+
+
 def _scalar_coercer(types: set[str]):
     def coerce(text: str):
         if "integer" in types:
@@ -177,10 +188,14 @@ class RequestValidator:
         for name, coerce in self._path_coercers.items():  # a path segment is text, an integer id still an integer
             if name in instance["path"]:
                 instance["path"][name] = coerce([instance["path"][name]])
-        for name, coerce in self._coercers.items():
-            values = query.getlist(name) if hasattr(query, "getlist") else ([query[name]] if name in query else [])
-            if values:
-                instance["query"][name] = coerce(values)
+        for key, param, prop, coerce in self._coercers:
+            values = query.getlist(key) if hasattr(query, "getlist") else ([query[key]] if key in query else [])
+            if not values:
+                continue
+            if prop is None:
+                instance["query"][param] = coerce(values)
+            else:
+                instance["query"].setdefault(param, {})[prop] = coerce(values)
         if not self._param_validator.is_valid(instance):
             raise InvalidRequest(self._details(self._param_validator, instance, where=None))
 
@@ -265,7 +280,7 @@ def compile_validators(spec: Spec) -> dict[str, RequestValidator]:
             compiled(op.id, "params"),
             compiled(op.id, "body"),
             _required_parts(doc, op),
-            {p.name: _coercer(doc, p.schema) for p in op.params if p.location == "query"},
+            [c for p in op.params if p.location == "query" for c in _query_coercers(doc, p.name, p.schema)],
             {p.name: _coercer(doc, p.schema) for p in op.params if p.location == "path" and _types(doc, p.schema) - {"string"}},
             compiled(op.id, "form"),
             {name: _coercer(doc, schema) for name, schema in entry.get("form", {}).get("properties", {}).items()},
