@@ -53,9 +53,9 @@ def _connection_cap(wanted: int) -> tuple[int, str]:
         soft = target
     if soft != resource.RLIM_INFINITY and soft < needed:
         capped = max(100, (soft - 256) // 2)
-        return capped, (f"{capped} per worker, not SIDECAR_WORKER_CONNECTIONS={wanted}: the open-file limit "
+        return capped, (f"{capped} connections per worker, not SIDECAR_WORKER_CONNECTIONS={wanted}: the open-file limit "
                         f"is {soft} (ulimit -n); raise it to {needed} to allow them")
-    return wanted, f"{wanted} per worker"
+    return wanted, f"{wanted} connections per worker"
 
 
 # Idle connections cost a greenlet and a socket each (about 10 KB, see README): a cap far above

@@ -111,7 +111,7 @@ def summary(settings: Settings, binds, workers: int, worker_class: str = "gevent
         ("store", _store(settings)),
         ("limits", _limits(settings)),
         ("workers", f"{workers} {worker_class}"),
-        *((("connections", connections),) if connections else ()),
+        *((("capacity", connections),) if connections else ()),
         ("listening", ", ".join(f"http://{address}" for address in binds)),
     ]
     lines = [f"{PREFIX} {shipped.version()}"] + [f"  {name:<10}{value}" for name, value in rows]
