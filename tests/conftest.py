@@ -130,3 +130,23 @@ def no_secret_in_logs():
         found = VIRTUAL_KEY.search(line)
         leaked = found.group() if found else next((s for s in SECRETS if s in line), None)
         assert leaked is None, f"a secret reached the logs: {line.replace(leaked, '<the secret>')[:300]!r}"
+
+
+@pytest.fixture
+def live_sidecar_for():
+    """Serves an app on a real loopback socket (stream timing needs a real client, not the test client)."""
+    import threading
+
+    from werkzeug.serving import make_server
+    servers = []
+
+    def serve(app):
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()

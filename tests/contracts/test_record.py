@@ -62,6 +62,33 @@ def test_plain_and_streamed_exchanges_are_recorded_and_replay_identically(record
     assert replay.post("/v1/chat/completions", json=CHAT).json["choices"][0]["message"]["content"] == "you sent <scrubbed>"
 
 
+def test_a_slow_stream_recorded_from_upstream_replays_at_the_pace_it_was_recorded(recorder, fake, make_app,
+                                                                                  live_sidecar_for):
+    """Record then replay, end to end: 50 events 40 ms apart upstream (about 2 s) come back in 2 s +- 20 %."""
+    import time
+
+    import requests
+
+    client, directory = recorder
+    fake.stream("POST", "/v1/chat/completions", chat_events(49), delay=0.04)
+    streamed = client.post("/v1/chat/completions", json=dict(CHAT, stream=True),
+                           headers={"Authorization": f"Bearer {CLIENT_KEY}"}, buffered=False)
+    list(streamed.response)
+    streamed.close()
+    recorded = contracts.load_file(directory / "chat_completion_v1_chat_completions_post.yaml")[0].response["events"]
+    assert len(recorded) == 50
+    paced = sum(event["delay"] for event in recorded)
+    assert 1.6 <= paced <= 2.6, f"the recorder kept {paced:.2f} s of pacing for a stream that took about 2 s"
+
+    url = live_sidecar_for(make_app(upstream_mode="replay", contracts_dir=directory))
+    started = time.monotonic()
+    with requests.post(url + "/v1/chat/completions", json=dict(CHAT, stream=True), stream=True, timeout=30) as answer:
+        arrivals = [time.monotonic() - started for line in answer.iter_lines() if line.startswith(b"data:")]
+    assert len(arrivals) == 50
+    assert 0.8 * paced <= arrivals[-1] <= 1.2 * paced, f"recorded {paced:.2f} s, replayed in {arrivals[-1]:.2f} s"
+    assert arrivals[25] >= 0.4 * paced  # spread out, not held back and sent at the end
+
+
 def _events(raw: bytes) -> list:
     return [contracts.unframe(block) for block in raw.split(b"\n\n") if block and not block.startswith(b":")]
 

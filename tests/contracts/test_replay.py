@@ -108,26 +108,6 @@ def test_settings_read_the_replay_mode_from_the_environment(tmp_path):
     assert settings.upstream_mode == "replay" and settings.contracts_dir == tmp_path
 
 
-@pytest.fixture
-def live_sidecar_for():
-    """Serves an app on a real loopback socket (stream timing needs a real client, not the test client)."""
-    import threading
-
-    from werkzeug.serving import make_server
-    servers = []
-
-    def serve(app):
-        server = make_server("127.0.0.1", 0, app, threaded=True)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}"
-    yield serve
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
 def _slow_stream(directory, events=50, seconds=2.0):
     """A recorded stream of ``events`` chat chunks spread over ``seconds`` (as record mode writes it)."""
     chunk = {"id": "cmpl-slow", "object": "chat.completion.chunk", "created": 1764064800, "model": "mistral-small-latest",
