@@ -79,6 +79,15 @@ class FakeMistral:
         self.routes[(method.upper(), path)] = handler
         return handler
 
+    def cut_stream(self, method: str, path: str):
+        """Start an SSE answer (one chat event), then drop the connection, as an upstream that dies midway."""
+        def handler(request):
+            def body():
+                yield chat_events(3)[0]
+                raise ConnectionResetError("upstream went away")
+            return Response(body(), 200, {"Content-Type": "text/event-stream"})
+        return self.on(method, path, handler)
+
     def stream(self, method: str, path: str, events, delay: float = 0.0, gate: threading.Event | None = None):
         """Answer with SSE events; after the first, optionally wait for ``gate`` before the rest."""
         def handler(request):

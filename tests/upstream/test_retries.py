@@ -9,7 +9,7 @@ from werkzeug.wrappers import Response
 
 from sidecar.settings import Settings
 
-from ..fakes import chat_body, chat_events
+from ..fakes import chat_body
 from ..servers import free_port
 
 CHAT = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "hi"}]}
@@ -91,12 +91,7 @@ def test_refused_connections_are_retried_then_reported(make_app):
 
 
 def test_a_stream_is_not_retried_once_bytes_flowed(retrying, fake):
-    def broken_stream(request):
-        def body():
-            yield chat_events(3)[0]
-            raise ConnectionResetError("upstream died mid-stream")
-        return Response(body(), 200, {"Content-Type": "text/event-stream"})
-    fake.on("POST", "/v1/chat/completions", broken_stream)
+    fake.cut_stream("POST", "/v1/chat/completions")
     response = retrying.post("/v1/chat/completions", json=dict(CHAT, stream=True))
     text = response.get_data(as_text=True)
     assert response.status_code == 200 and "t0" in text

@@ -136,12 +136,7 @@ def test_first_event_arrives_while_upstream_holds_the_rest(client, fake):
 
 
 def test_stream_cut_midway_ends_with_an_error_event(client, fake):
-    def cut(request):
-        def body():
-            yield chat_events(3)[0]
-            raise ConnectionResetError("upstream went away")
-        return Response(body(), 200, {"Content-Type": "text/event-stream"})
-    fake.on("POST", "/v1/chat/completions", cut)
+    fake.cut_stream("POST", "/v1/chat/completions")
     response = client.post("/v1/chat/completions", json=dict(CHAT, stream=True))
     text = response.get_data()
     assert text.startswith(b"data: ")

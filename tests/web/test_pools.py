@@ -145,12 +145,7 @@ def test_when_every_deployment_fails_the_last_answer_is_relayed_as_is(configure,
 
 
 def test_a_stream_that_started_is_never_retried_elsewhere(configure, fake, second):
-    def cut(request):
-        def body():
-            yield chat_events(3)[0]
-            raise ConnectionResetError("upstream went away")
-        return Response(body(), 200, {"Content-Type": "text/event-stream"})
-    fake.on("POST", "/v1/chat/completions", cut)
+    fake.cut_stream("POST", "/v1/chat/completions")
     answers(second, "from b")
     client = configure(pool_config(fake.url, second.url)).test_client()
     response = client.post("/v1/chat/completions", json={"model": "large", "messages": MESSAGES, "stream": True})
