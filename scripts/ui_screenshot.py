@@ -11,7 +11,6 @@ import random
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 from werkzeug.serving import make_server
@@ -35,13 +34,16 @@ USERS = ["alice", "bob", "carol", "dave", "erin"]
 
 
 def seed(app) -> None:
+    """Keys through the admin API; spend records through the accountant, dated by the app's clock."""
     pipeline = app.extensions["sidecar"]
-    store, accountant = pipeline.auth.keys, pipeline.accountant
+    accountant, admin = pipeline.accountant, app.test_client()
     rng = random.Random(17)
-    now = time.time()
+    now = pipeline.clock.wall()
     for alias, budget, period in KEYS:
-        info = store.generate({"key_alias": alias, "max_budget": budget, "budget_duration": period, "rpm_limit": 120})
-        caller = Caller("virtual", info["token"], alias, limits={"budget_duration": period})
+        answer = admin.post("/key/generate", headers={"Authorization": f"Bearer {MASTER}"}, json={
+            "key_alias": alias, "max_budget": budget, "budget_duration": period, "rpm_limit": 120})
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+        caller = Caller("virtual", answer.json["token"], alias, limits={"budget_duration": period})
         for day in range(13, -1, -1):
             for _ in range(rng.randint(4, 12)):
                 model = rng.choice(MODELS[:3] if alias != "nightly-batch" else MODELS[2:])

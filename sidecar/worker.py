@@ -7,16 +7,17 @@ byte (of the connection, or of the next request on a kept-alive one; a random ha
 flood is not closed in one wave); an idle kept-alive connection is closed after
 ``SIDECAR_KEEPALIVE_TIMEOUT``; a body that pauses longer than ``SIDECAR_HEADER_TIMEOUT`` raises
 ``TimeoutError`` in the body reader (a 408, see ``web/body.py``). Writes are never bounded here.
+Deadlines read the system clock (``clock.SYSTEM``), not the app's: socket timeouts enforce them in real time.
 """
 
 from __future__ import annotations
 
 import random
-import time
 
 import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
+from sidecar.clock import SYSTEM
 from sidecar.settings import Settings
 
 HEADERS, BODY, IDLE = "headers", "body", "idle"
@@ -42,7 +43,7 @@ class DeadlineSocket:
         self._sock = sock
         self.header_timeout, self.keepalive_timeout = header_timeout, keepalive_timeout
         self.phase = HEADERS
-        self._deadline = time.monotonic() + _spread(header_timeout)
+        self._deadline = SYSTEM.monotonic() + _spread(header_timeout)
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
@@ -58,7 +59,7 @@ class DeadlineSocket:
         if self.phase == IDLE:
             wait = self.keepalive_timeout
         else:
-            wait = self._deadline - time.monotonic()
+            wait = self._deadline - SYSTEM.monotonic()
             if wait <= 0:
                 return b""
         sock.settimeout(wait)
@@ -69,7 +70,7 @@ class DeadlineSocket:
         finally:
             sock.settimeout(None)
         if self.phase == IDLE and data:
-            self.phase, self._deadline = HEADERS, time.monotonic() + _spread(self.header_timeout)
+            self.phase, self._deadline = HEADERS, SYSTEM.monotonic() + _spread(self.header_timeout)
         return data
 
     def serving(self) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import collections
 import random
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+from sidecar.clock import SYSTEM, Clock
 
 STRATEGIES = ("simple-shuffle", "least-busy", "usage-based-routing", "usage-based-routing-v2")
 ROUTER_KEYS = frozenset({"routing_strategy", "num_retries", "allowed_fails", "cooldown_time", "fallbacks"})
@@ -99,7 +100,7 @@ class _Health:
 class Balancer:
     """What this process knows of each deployment's health and load, keyed by deployment name."""
 
-    def __init__(self, settings: RouterSettings | None = None, *, clock=time.monotonic, rng=random.random):
+    def __init__(self, settings: RouterSettings | None = None, *, clock: Clock = SYSTEM, rng=random.random):
         self.settings = settings or RouterSettings()
         self.clock = clock
         self.rng = rng
@@ -113,7 +114,7 @@ class Balancer:
         limits: Limits = deployment.limits
         if limits.rpm is not None or limits.tpm is not None or self.settings.routing_strategy.startswith("usage"):
             self.used(deployment.name)  # drops what left the window
-            health.requests.append([self.clock(), 0])
+            health.requests.append([self.clock.monotonic(), 0])
 
     def finished(self, name: str, tokens: int = 0) -> None:
         """The answer is complete: one fewer in flight, its tokens count against the deployment's tpm."""
@@ -124,7 +125,7 @@ class Balancer:
 
     def failed(self, name: str, *, rate_limited: bool, retry_after: float | None = None) -> float:
         """Count a failure; returns the seconds the deployment now cools down (0: not cooled)."""
-        now = self.clock()
+        now = self.clock.monotonic()
         health = self._health[name]
         if rate_limited:  # a 429 is the upstream saying "not now": believe it at once
             wait = self.settings.cooldown_time if retry_after is None else min(max(retry_after, 0.0), MAX_COOLDOWN)
@@ -142,12 +143,12 @@ class Balancer:
     # -- what to try ----------------------------------------------------------------------------------
     def cooling(self, name: str) -> float:
         """Seconds left of this deployment's cooldown (0 when it may be tried)."""
-        return max(0.0, self._health[name].cool_until - self.clock())
+        return max(0.0, self._health[name].cool_until - self.clock.monotonic())
 
     def used(self, name: str) -> tuple[int, int]:
         """Requests and tokens of the last minute."""
         health = self._health[name]
-        cutoff = self.clock() - WINDOW
+        cutoff = self.clock.monotonic() - WINDOW
         while health.requests and health.requests[0][0] <= cutoff:
             health.requests.popleft()
         return len(health.requests), sum(tokens for _t, tokens in health.requests)

@@ -58,7 +58,7 @@ class ModelRouter:
         self.groups = MappingProxyType(dict(groups))
         self.providers = MappingProxyType(dict(providers))
         self.settings = settings or RouterSettings()
-        self.balancer = Balancer(self.settings, clock=clock.monotonic)
+        self.balancer = Balancer(self.settings, clock=clock)
         self.created = int(clock.wall())
 
     @classmethod

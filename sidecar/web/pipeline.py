@@ -92,7 +92,7 @@ class Pipeline:
         self.handlers = handlers
         # model -> (Target, upstream model name): config.yaml aliases, provider prefixes, else the default
         self.router = router or ModelRouter.from_config(getattr(settings, "config", None), upstream.default_target,
-                                                         transport_for, clock=clock)
+                                                         lambda entry: transport_for(entry, clock), clock=clock)
         accountant.sinks.append(self.router.settle)  # a finished answer frees its deployment, counts its tokens
         self.drop_outbound = frozenset({settings.end_user_header, "x-request-id"})
         self.observability_errors = observability_statuses(spec)

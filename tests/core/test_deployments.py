@@ -80,44 +80,33 @@ def test_bad_router_settings_fail_naming_the_key(text, problem):
         config(text)
 
 
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
 def pool(*limits: Limits) -> list[Deployment]:
     return [Deployment(f"d{i}", "mistral", "m", Target("http://x", f"k{i}"), lim) for i, lim in enumerate(limits)]
 
 
-def test_a_429_cools_a_deployment_for_its_retry_after_then_it_comes_back():
-    clock = Clock()
+def test_a_429_cools_a_deployment_for_its_retry_after_then_it_comes_back(clock):
     balancer = Balancer(RouterSettings(cooldown_time=5), clock=clock)
     a, b = pool(Limits(order=1), Limits(order=2))
     assert balancer.order([a, b]) == [a, b]
     assert balancer.failed("d0", rate_limited=True, retry_after=30) == 30
     assert balancer.order([a, b]) == [b]
-    clock.now += 29.9
+    clock.advance(29.9)
     assert balancer.order([a, b]) == [b]
-    clock.now += 0.2
+    clock.advance(0.2)
     assert balancer.order([a, b]) == [a, b]
 
 
-def test_server_errors_cool_down_only_past_allowed_fails_within_a_minute():
-    clock = Clock()
+def test_server_errors_cool_down_only_past_allowed_fails_within_a_minute(clock):
     balancer = Balancer(RouterSettings(allowed_fails=1, cooldown_time=5), clock=clock)
     a, = pool(Limits())
     assert balancer.failed("d0", rate_limited=False) == 0
-    clock.now += 61  # the first failure left the window
+    clock.advance(61)  # the first failure left the window
     assert balancer.failed("d0", rate_limited=False) == 0
     assert balancer.failed("d0", rate_limited=False) == 5
     assert balancer.order([a]) == [] and balancer.soonest([a]) is a
 
 
-def test_simple_shuffle_spreads_a_key_pool_by_rpm_headroom():
-    clock = Clock()
+def test_simple_shuffle_spreads_a_key_pool_by_rpm_headroom(clock):
     balancer = Balancer(RouterSettings(), clock=clock, rng=random.Random(7).random)
     small, big = pool(Limits(rpm=10), Limits(rpm=30))
     firsts = [balancer.order([small, big])[0] for _ in range(2000)]
@@ -125,7 +114,7 @@ def test_simple_shuffle_spreads_a_key_pool_by_rpm_headroom():
     for _ in range(10):
         balancer.started(small)  # its ten requests of the minute are used
     assert all(balancer.order([small, big]) == [big, small] for _ in range(50))
-    clock.now += 60.1  # the minute is over: its headroom is back
+    clock.advance(60.1)  # the minute is over: its headroom is back
     assert 400 < [balancer.order([small, big])[0] for _ in range(2000)].count(small) < 600
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 from pathlib import Path
 
@@ -56,9 +55,9 @@ def config_text(clouds, tmp_path) -> str:
 
 
 @pytest.fixture
-def app(clouds, settings, tmp_path):
-    config = parse(yaml.safe_load(config_text(clouds, tmp_path)), Path("config.yaml"), {})
-    return build_app(settings.with_(config=config))
+def app(clouds, make_app, tmp_path):
+    """The clouds' deployments; on the test's ``clock`` when it asks for one (conftest.make_app)."""
+    return make_app(config=parse(yaml.safe_load(config_text(clouds, tmp_path)), Path("config.yaml"), {}))
 
 
 @pytest.fixture
@@ -166,6 +165,15 @@ def test_an_operation_bedrock_lacks_is_a_clear_404(client):
     assert response.json["message"].startswith("Model 'mistral-7b' is deployed on bedrock only")
 
 
+def test_a_bedrock_answer_is_dated_by_the_apps_clock(client, clock):
+    clock.advance(-86400)  # a day behind the machine's
+    chat = {"model": "mistral-7b", "messages": MESSAGES}
+    assert client.post("/v1/chat/completions", json=chat).json["created"] == int(clock.wall())
+    stream = client.post("/v1/chat/completions", json={**chat, "stream": True}).get_data(as_text=True)
+    first = json.loads(stream.split("\n\n")[0].removeprefix("data: "))
+    assert first["created"] == int(clock.wall())
+
+
 # -- Vertex AI ---------------------------------------------------------------------------------------------
 def test_vertex_chat_streaming_and_fim_with_a_minted_token(mistral, clouds):
     vertex = clouds["vertex"]
@@ -184,17 +192,15 @@ def test_vertex_chat_streaming_and_fim_with_a_minted_token(mistral, clouds):
     assert vertex.grants == 2  # one token per service account (two deployments), reused until near expiry
 
 
-def test_vertex_tokens_are_refreshed_before_they_expire_and_expired_ones_are_refused(app, clouds):
+def test_vertex_tokens_are_refreshed_before_they_expire_and_expired_ones_are_refused(app, clouds, clock):
     vertex, client = clouds["vertex"], app.test_client()
-    transport = app.extensions["sidecar"].router.groups["large-vertex"][0].transport
-    ahead = datetime.timedelta(0)
-    transport.tokens._now = lambda: datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) + ahead
     chat = {"model": "large-vertex", "messages": MESSAGES}
     assert client.post("/v1/chat/completions", json=chat).status_code == 200 and vertex.grants == 1
     vertex.offset = 3700  # the fake's clock passes the token's expiry; the sidecar's does not
     refused = client.post("/v1/chat/completions", json=chat)
     assert refused.status_code == 401 and vertex.grants == 1
-    vertex.offset, ahead = 3400, datetime.timedelta(seconds=3400)  # both clocks: 200 s left, under the margin
+    vertex.offset = 3400  # both clocks: 200 s left, under the margin
+    clock.advance(3400)
     assert client.post("/v1/chat/completions", json=chat).status_code == 200 and vertex.grants == 2
 
 

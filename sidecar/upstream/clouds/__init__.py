@@ -17,6 +17,7 @@ from typing import Protocol
 import requests
 from requests.structures import CaseInsensitiveDict
 
+from sidecar.clock import SYSTEM, Clock
 from sidecar.core.config import ModelEntry
 from sidecar.core.spec import Operation
 
@@ -53,17 +54,18 @@ class MissingExtra(RuntimeError):
     """A configured cloud needs a library that is not installed; the message names the extra."""
 
 
-def transport_for(entry: ModelEntry) -> CloudTransport:
-    """The transport of a cloud ``model_list`` entry, built once at start-up (fails loudly)."""
+def transport_for(entry: ModelEntry, clock: Clock = SYSTEM) -> CloudTransport:
+    """The transport of a cloud ``model_list`` entry, built once at start-up (fails loudly); ``clock``
+    is the app's (token expiries, the ``created`` of translated answers)."""
     if entry.provider == "azure_ai":
         from .azure import AzureTransport
         return AzureTransport(entry)
     if entry.provider == "vertex_ai":
         from .vertex import VertexTransport
-        return VertexTransport(entry)
+        return VertexTransport(entry, clock)
     if entry.provider == "bedrock":
         from .bedrock import BedrockTransport
-        return BedrockTransport(entry)
+        return BedrockTransport(entry, clock)
     raise ValueError(f"no cloud transport for provider {entry.provider!r}")
 
 

@@ -9,12 +9,12 @@ take Mistral's error shape. Needs the ``[bedrock]`` extra (botocore).
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from urllib.parse import quote
 
 import requests
 
+from sidecar.clock import SYSTEM, Clock
 from sidecar.core import converse, sse
 from sidecar.core.config import ModelEntry
 from sidecar.core.router import Target
@@ -28,7 +28,8 @@ SERVICE = "bedrock"
 class BedrockTransport:
     provider = "bedrock"
 
-    def __init__(self, entry: ModelEntry):
+    def __init__(self, entry: ModelEntry, clock: Clock = SYSTEM):
+        self.clock = clock  # the answers' ``created``
         credentials = require("botocore.credentials", "bedrock")
         self._auth = require("botocore.auth", "bedrock")
         self._awsrequest = require("botocore.awsrequest", "bedrock")
@@ -61,14 +62,14 @@ class BedrockTransport:
         if response.status_code >= 400:
             return self._error(response)
         if call.stream:
-            translator = converse.StreamTranslator(model=self.model_id, id=answer_id, created=int(time.time()))
+            translator = converse.StreamTranslator(model=self.model_id, id=answer_id, created=int(self.clock.wall()))
             return translated_response(200, "text/event-stream", self._events(response, translator), source=response)
         try:
             data = json.loads(read_all(response))
         except ValueError:
             return mistral_error(502, "Bedrock answered with a body that is not JSON.", type="upstream_error",
                                  code="upstream_invalid_response", source=response)
-        answer = converse.from_converse(data, model=self.model_id, id=answer_id, created=int(time.time()))
+        answer = converse.from_converse(data, model=self.model_id, id=answer_id, created=int(self.clock.wall()))
         return translated_response(200, "application/json", [json.dumps(answer).encode()], source=response)
 
     def _error(self, response: requests.Response) -> requests.Response:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import requests
 
+from sidecar.clock import SYSTEM, Clock
 from sidecar.core.config import ModelEntry
 from sidecar.core.errors import UpstreamUnavailable
 from sidecar.core.router import Target
@@ -37,24 +38,24 @@ def split_model(model: str) -> tuple[str, str]:
     return name, version
 
 
-def _utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)  # google-auth's naive UTC
-
-
 class TokenSource:
-    """A service account's access tokens, refreshed before expiry; ``now`` is injectable for tests."""
+    """A service account's access tokens, refreshed before expiry as the app's ``clock`` reads it."""
 
-    def __init__(self, info: dict, *, now=_utcnow, session: requests.Session | None = None):
+    def __init__(self, info: dict, *, clock: Clock = SYSTEM, session: requests.Session | None = None):
         service_account = require("google.oauth2.service_account", "vertex")
         transport = require("google.auth.transport.requests", "vertex")
         self.credentials = service_account.Credentials.from_service_account_info(info, scopes=[SCOPE])
         self._request = transport.Request(session or requests.Session())
-        self._now = now
+        self.clock = clock
         self._lock = threading.Lock()
 
     def _fresh(self) -> bool:
         creds = self.credentials
         return bool(creds.token) and creds.expiry is not None and creds.expiry - self._now() > REFRESH_MARGIN
+
+    def _now(self) -> datetime.datetime:
+        """The clock's wall time as google-auth writes ``expiry``: a naive UTC datetime."""
+        return datetime.datetime.fromtimestamp(self.clock.wall(), datetime.timezone.utc).replace(tzinfo=None)
 
     def token(self) -> str:
         if not self._fresh():
@@ -80,7 +81,7 @@ def _service_account(value: str) -> dict:
 class VertexTransport:
     provider = "vertex_ai"
 
-    def __init__(self, entry: ModelEntry, *, now=_utcnow):
+    def __init__(self, entry: ModelEntry, clock: Clock = SYSTEM):
         self.project = entry.cloud["vertex_project"]
         self.location = entry.cloud.get("vertex_location") or DEFAULT_LOCATION
         self.name, self.version = split_model(entry.model)
@@ -88,7 +89,7 @@ class VertexTransport:
             info = _service_account(entry.cloud["vertex_credentials"])
         except (OSError, ValueError) as exc:
             raise ValueError(f"{entry.name}: vertex_credentials cannot be used: {type(exc).__name__}") from None
-        self.tokens = TokenSource(info, now=now)
+        self.tokens = TokenSource(info, clock=clock)
         self.target = Target(entry.api_base or f"https://{self.location}-aiplatform.googleapis.com")
 
     def supports(self, op) -> bool:
