@@ -43,6 +43,8 @@ class ModelPrice:
     ocr_annotated_per_kpage: float | None = None
     audio_per_minute: float | None = None
     tts_per_mchar: float | None = None
+    # Where no cached price is given: the share of the input price a cached prompt token bills at.
+    cached_input_factor: float | None = None
 
 
 PRICE_KEYS = frozenset(f.name for f in fields(ModelPrice))
@@ -70,6 +72,11 @@ def _price_fields(model: str, entry: Mapping) -> dict[str, float]:
 def _aliases(entry: Mapping) -> list[str]:
     aliases = entry.get("aliases") or []
     return [aliases] if isinstance(aliases, str) else list(aliases)
+
+
+def _is_cloud(name: str) -> bool:
+    """A "<provider>/<model>" entry: a cloud's price, which Mistral's own billing rules do not reach."""
+    return "/" in name
 
 
 def _bare(model: str) -> str:
@@ -102,9 +109,15 @@ class PriceTable:
             doc = yaml.safe_load(fh) or {}
         models: dict[str, ModelPrice] = {}
         aliases: dict[str, str] = {}
+        cached_factor = doc.get("cached_input_factor")
+        if cached_factor is not None and not 0 <= _price_value("cached", "cached_input_factor", cached_factor) <= 1:
+            raise ValueError(f"cached_input_factor must be between 0 and 1, not {cached_factor}")
         for name, entry in (doc.get("models") or {}).items():
             entry = entry or {}
-            models[name] = ModelPrice(**_price_fields(name, entry))
+            price = _price_fields(name, entry)
+            if cached_factor is not None and not _is_cloud(name):
+                price.setdefault("cached_input_factor", float(cached_factor))
+            models[name] = ModelPrice(**price)
             for alias in _aliases(entry):
                 if alias in aliases:
                     raise ValueError(f"alias {alias!r} given to both {aliases[alias]!r} and {name!r}")
@@ -179,14 +192,25 @@ class PriceTable:
         return round(total, COST_DECIMALS) + 0.0  # + 0.0 turns a -0.0 into 0.0
 
 
+def _cached_rate(price: ModelPrice) -> float | None:
+    """USD per million cached prompt tokens: the published cached price, else the model's share of its
+    input price (Mistral: 10 %), else None (a cloud, or an operator's model: they bill at the input price)."""
+    if price.cached_input_per_mtok is not None:
+        return price.cached_input_per_mtok
+    if price.cached_input_factor is not None and price.input_per_mtok is not None:
+        return price.input_per_mtok * price.cached_input_factor
+    return None
+
+
 def _usage_cost(price: ModelPrice, usage: Usage) -> float:
     """Reasoning tokens (Magistral's thinking) are part of ``completion_tokens`` and bill at the output
-    price, as Mistral bills them; cached prompt tokens bill at the cached price where one is published."""
+    price, as Mistral bills them; cached prompt tokens bill at the cached rate (``_cached_rate``)."""
     total = 0.0
     if price.input_per_mtok is not None:
-        cached = min(usage.cached_tokens, usage.prompt_tokens) if price.cached_input_per_mtok is not None else 0
+        rate = _cached_rate(price) if usage.cached_tokens else None
+        cached = min(usage.cached_tokens, usage.prompt_tokens) if rate is not None else 0
         total += (usage.prompt_tokens - cached) * price.input_per_mtok / 1e6
-        total += cached * (price.cached_input_per_mtok or 0.0) / 1e6
+        total += cached * (rate or 0.0) / 1e6
     if price.output_per_mtok is not None:
         total += usage.completion_tokens * price.output_per_mtok / 1e6
     if usage.pages and price.ocr_per_kpage is not None:

@@ -118,14 +118,36 @@ def _characters(request_json: object) -> int:
     return len(text) if isinstance(text, str) else 0
 
 
+def _cached(info: dict) -> int:
+    """Prompt tokens served from the cache: ``prompt_tokens_details.cached_tokens``, which Mistral's
+    prompt-caching docs name; the spec's ``UsageInfo`` also spells it ``prompt_token_details`` and
+    ``num_cached_tokens``."""
+    for details in ("prompt_tokens_details", "prompt_token_details"):
+        cached = _count(_dict(info.get(details)).get("cached_tokens"))
+        if cached:
+            return cached
+    return _count(info.get("num_cached_tokens"))
+
+
+def _completion(info: dict, prompt: int) -> int:
+    """Output tokens billed: ``completion_tokens``, which holds Magistral's reasoning tokens
+    (``completion_tokens_details.reasoning_tokens`` is a part of it, billed as output once). Only an
+    answer whose total shows the reasoning counted beside the completion gets it added."""
+    completion = _count(info.get("completion_tokens"))
+    reasoning = _count(_dict(info.get("completion_tokens_details")).get("reasoning_tokens"))
+    if reasoning and prompt + completion + reasoning == _count(info.get("total_tokens")):
+        return completion + reasoning
+    return completion
+
+
 def _tokens(body: dict, request_json: object = None, characters: int = 0) -> Usage:
     """A ``UsageInfo`` / ``ConversationUsageInfo`` under ``usage``; extra keys are ignored."""
     info = _dict(body.get("usage"))
-    cached = _count(_dict(info.get("prompt_tokens_details")).get("cached_tokens")) or _count(info.get("num_cached_tokens"))
+    prompt = _count(info.get("prompt_tokens"))
     return Usage(
-        cached_tokens=cached,
-        prompt_tokens=_count(info.get("prompt_tokens")),
-        completion_tokens=_count(info.get("completion_tokens")),
+        cached_tokens=_cached(info),
+        prompt_tokens=prompt,
+        completion_tokens=_completion(info, prompt),
         total_tokens=_count(info.get("total_tokens")),
         audio_seconds=_seconds(info.get("prompt_audio_seconds")),
         characters=characters,

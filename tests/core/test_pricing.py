@@ -216,11 +216,39 @@ def test_a_config_alias_bills_as_the_model_it_routes_to_unless_it_has_its_own_pr
     assert own.cost("mistral-nemo", usage) == 1.15  # its own input price, the routed output price
 
 
-def test_cached_prompt_tokens_bill_at_the_cached_price_where_one_is_published(prices):
+def test_cached_prompt_tokens_bill_at_a_tenth_of_the_input_price_as_mistral_bills_them(prices):
     cached = Usage(prompt_tokens=1_000_000, completion_tokens=0, cached_tokens=400_000)
+    # Mistral Small 4, $0.15 in: 600k tokens at $0.15/M, 400k cached at 10 % of it.
+    assert prices.cost("mistral-small-latest", cached) == pytest.approx(0.6 * 0.15 + 0.4 * 0.015)
+    assert prices.cost("magistral-medium-latest", cached) == pytest.approx(0.6 * 2.0 + 0.4 * 0.2)
+    # GLM 5.2 publishes its own cached price ($0.14, which is also 10 % of $1.4).
     assert prices.cost("zai-glm-5-2", cached) == pytest.approx(0.6 * 1.4 + 0.4 * 0.14)
-    # No cached price published for Mistral Small 4: every prompt token at the input price.
-    assert prices.cost("mistral-small-latest", cached) == 0.15
+    # More cached tokens than prompt tokens (a confused upstream) never bills below zero input.
+    assert prices.cost("mistral-small-latest", Usage(prompt_tokens=10, cached_tokens=50)) == pytest.approx(10 * 0.015 / 1e6)
+
+
+def test_cached_tokens_on_a_cloud_or_an_operators_own_model_bill_at_the_input_price(prices):
+    cached = Usage(prompt_tokens=1_000_000, completion_tokens=0, cached_tokens=400_000)
+    assert prices.cost("bedrock/mistral.mistral-large-2407-v1:0", cached) == 2.0  # Mistral's rule is not Bedrock's
+    table = prices.with_overrides({"house": {"input_cost_per_token": 1e-6},
+                                   "mistral-small-latest": {"input_cost_per_token": 2e-6},
+                                   "zai-glm-5-2": {"cache_read_input_token_cost": 5e-7}})
+    assert table.cost("house", cached) == 1.0
+    # An operator's input price for a Mistral model: its cached tokens still bill at a tenth of it.
+    assert table.cost("mistral-small-latest", cached) == pytest.approx(0.6 * 2.0 + 0.4 * 0.2)
+    assert table.cost("zai-glm-5-2", cached) == pytest.approx(0.6 * 1.4 + 0.4 * 0.5)
+
+
+@pytest.mark.parametrize("usage_info", [
+    {"prompt_tokens_details": {"cached_tokens": 40}},
+    {"prompt_token_details": {"cached_tokens": 40}},  # the spec's UsageInfo spells it both ways
+    {"num_cached_tokens": 40},
+])
+def test_cached_tokens_are_read_where_the_spec_puts_them(usage_info):
+    from sidecar.core import usage as usage_mod
+
+    body = {"usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110, **usage_info}}
+    assert usage_mod.from_body(usage_mod.CHAT, body).cached_tokens == 40
 
 
 def test_reasoning_tokens_are_output_tokens_billed_once():
@@ -231,4 +259,14 @@ def test_reasoning_tokens_are_output_tokens_billed_once():
         "completion_tokens_details": {"reasoning_tokens": 800}, "prompt_tokens_details": {"cached_tokens": 40}}}
     usage = usage_mod.from_body(usage_mod.CHAT, body)
     assert (usage.completion_tokens, usage.cached_tokens) == (1000, 40)
-    assert PriceTable.load().cost("magistral-medium-latest", usage) == pytest.approx((100 * 2.0 + 1000 * 5.0) / 1e6)
+    assert PriceTable.load().cost("magistral-medium-latest", usage) == pytest.approx(
+        (60 * 2.0 + 40 * 0.2 + 1000 * 5.0) / 1e6)
+
+
+def test_reasoning_tokens_counted_beside_the_completion_are_billed_as_output_too():
+    """An answer whose total_tokens shows the reasoning outside completion_tokens still pays for it."""
+    from sidecar.core import usage as usage_mod
+
+    body = {"usage": {"prompt_tokens": 100, "completion_tokens": 200, "total_tokens": 1100,
+                      "completion_tokens_details": {"reasoning_tokens": 800}}}
+    assert usage_mod.from_body(usage_mod.CHAT, body).completion_tokens == 1000
