@@ -15,7 +15,7 @@ import jsonschema_rs
 from sidecar.contracts.fileformat import Contract
 from sidecar.contracts.matching import ContractIndex
 from sidecar.core.errors import InvalidRequest
-from sidecar.core.spec import Operation, Spec
+from sidecar.core.spec import Operation, Spec, resolve
 from sidecar.core.validation import compile_validators
 
 _NO_BODY = (None, "")
@@ -72,11 +72,7 @@ class Conformance:
         self._compiled = compiled
 
     def _resolve(self, node: dict) -> dict:
-        while isinstance(node, dict) and "$ref" in node:
-            parts, node = node_ref(node), self.spec.document
-            for part in parts:
-                node = node[part]
-        return node
+        return resolve(self.spec.document, node)
 
     def response_validator(self, op_id: str, status_key: str, ctype: str):
         pointer = "/".join(quote(p.replace("~", "~0").replace("/", "~1"), safe="~") for p in (op_id, status_key, ctype))
@@ -151,7 +147,3 @@ class _Query(dict):
 
     def getlist(self, name: str) -> list:
         return self.get(name, [])
-
-
-def node_ref(node: dict) -> list[str]:
-    return [p.replace("~1", "/").replace("~0", "~") for p in node["$ref"][2:].split("/")]

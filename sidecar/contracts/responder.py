@@ -23,6 +23,7 @@ import threading
 from collections import Counter
 
 from sidecar.contracts.fileformat import Asked
+from sidecar.core.spec import follow, resolve
 
 EPOCH = 1764064800  # 2025-11-25T10:00:00Z: the base of every ``created``
 FORMATS = {"date-time": "2025-11-25T10:00:00Z", "date": "2025-11-25", "time": "10:00:00", "email": "ada@example.com",
@@ -39,9 +40,8 @@ def instance(schema, root: dict | None = None, depth: int = 0):
     if not isinstance(schema, dict) or depth > 12:
         return None
     if "$ref" in schema and schema["$ref"].startswith("#/"):
-        node = root
-        for part in schema["$ref"][2:].split("/"):
-            node = node.get(part.replace("~1", "/").replace("~0", "~"), {})
+        node = follow(root, schema["$ref"], {})
+        node = node if isinstance(node, dict) else {}
         return instance({**node, **{k: v for k, v in schema.items() if k != "$ref"}}, root, depth + 1)
     if "const" in schema:
         return copy.deepcopy(schema["const"])
@@ -81,11 +81,8 @@ def instance(schema, root: dict | None = None, depth: int = 0):
 
 
 def _deref(schema: dict, root: dict) -> dict:
-    while isinstance(schema, dict) and "$ref" in schema:
-        node = root
-        for part in schema["$ref"][2:].split("/"):
-            node = node.get(part, {})
-        schema = node
+    """What ``schema`` names in a client's schema ``root``; a ``$ref`` that names nothing is ``{}``."""
+    schema = resolve(root, schema, {})
     return schema if isinstance(schema, dict) else {}
 
 

@@ -76,17 +76,35 @@ def load_document(path: Path | str) -> dict:
         return yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
-def resolve(doc: dict, schema: dict | None) -> dict | None:
-    """Follow local ``$ref`` chains to the schema they name."""
+_NOWHERE = object()
+
+
+def follow(doc, ref: str, default=_NOWHERE):
+    """The node a local ``$ref`` (``#/a/b~1c``: a JSON Pointer, RFC 6901) names in ``doc``; ``default``
+    where it names nothing (a client's schema), else ``KeyError`` (the spec's own refs must resolve)."""
+    node = doc
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif default is _NOWHERE:
+            raise KeyError(f"$ref {ref!r} names nothing (at {part!r})")
+        else:
+            return default
+    return node
+
+
+def resolve(doc: dict, schema, default=_NOWHERE):
+    """Follow local ``$ref`` chains to the schema they name (at most 32 links: a cycle stops there);
+    ``default`` as in ``follow``. A non-local ``$ref`` is returned as it is."""
     seen = 0
     while isinstance(schema, dict) and "$ref" in schema and seen < 32:
         ref = schema["$ref"]
         if not ref.startswith("#/"):
             return schema
-        node = doc
-        for part in ref[2:].split("/"):
-            node = node[part.replace("~1", "/").replace("~0", "~")]
-        schema, seen = node, seen + 1
+        schema, seen = follow(doc, ref, default), seen + 1
     return schema
 
 

@@ -135,6 +135,12 @@ class PooledAdapter(HTTPAdapter):
         self._pools: dict[str, HTTPConnectionPool] = {}
         super().__init__(*args, **kwargs)
 
+    @classmethod
+    def for_settings(cls, settings: Settings) -> PooledAdapter:
+        """The real transport: ``SIDECAR_POOL_SIZE`` kept-alive connections per origin, and no retries
+        of its own (``Upstream.send`` retries, where the answer can still be read)."""
+        return cls(pool_connections=4, pool_maxsize=settings.pool_size, max_retries=0)
+
     def init_poolmanager(self, *args, **kwargs) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
@@ -184,7 +190,7 @@ class Upstream:
         self.timeout = (settings.connect_timeout, settings.read_timeout)
         self.default_target = Target(settings.mistral_api_base, settings.mistral_api_key,
                                      settings.mistral_admin_api_key)
-        self.adapter = adapter or PooledAdapter(pool_connections=4, pool_maxsize=settings.pool_size, max_retries=0)
+        self.adapter = adapter or PooledAdapter.for_settings(settings)
 
     @staticmethod
     def prepare(method: str, url: str, headers: dict, body) -> PreparedRequest:

@@ -355,16 +355,16 @@ def replay_adapter(settings, spec: Spec, clock: Clock = SYSTEM) -> ReplayAdapter
 def record_adapter(settings, spec: Spec, *, overwrite: bool = False, replay_first: bool = False,
                    clock: Clock = SYSTEM) -> RecordAdapter:
     """Forward to Mistral and record; ``replay_first`` answers what is on file first (vcrpy's ``new_episodes``)."""
-    real = PooledAdapter(pool_connections=4, pool_maxsize=settings.pool_size, max_retries=0)
+    real = PooledAdapter.for_settings(settings)
     first = replay_adapter(settings, spec, clock) if replay_first else None
     writer = ContractWriter(settings.contracts_dir, spec, settings.secrets(), overwrite)
     return RecordAdapter(writer, real, first, clock)
 
 
-def adapter_for(settings, spec: Spec, clock: Clock = SYSTEM) -> HTTPAdapter | None:
-    """The transport for ``settings.upstream_mode``: None (the real one, built by ``Upstream``), replay or record."""
+def adapter_for(settings, spec: Spec, clock: Clock = SYSTEM) -> HTTPAdapter:
+    """The transport for ``settings.upstream_mode``: the real one, replay or record."""
     if settings.upstream_mode == "replay":
         return replay_adapter(settings, spec, clock)
     if settings.upstream_mode == "record":
         return record_adapter(settings, spec, clock=clock)
-    return None
+    return PooledAdapter.for_settings(settings)

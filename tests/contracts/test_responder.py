@@ -66,6 +66,17 @@ def test_json_schema_response_format_gets_content_that_validates(replay):
     assert jsonschema_rs.validator_for(ORDER).is_valid(json.loads(content))
 
 
+def test_a_client_schema_whose_refs_loop_or_name_nothing_still_gets_an_answer(replay):
+    """A client's ``$ref`` is followed leniently and a bounded number of times (one naming itself hung the worker)."""
+    schema = {"type": "object", "$defs": {"loop": {"$ref": "#/$defs/loop"}},
+              "properties": {"a": {"anyOf": [{"$ref": "#/$defs/loop"}, {"type": "null"}]},
+                             "b": {"$ref": "#/$defs/missing"}, "c": {"allOf": [{"$ref": "#/properties/0"}]}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "odd", "schema": schema}}
+    response = replay.post("/v1/chat/completions", json=_chat(response_format=fmt))
+    assert response.status_code == 200
+    assert set(json.loads(response.json["choices"][0]["message"]["content"])) == {"a", "b", "c"}
+
+
 def test_ids_differ_per_request_yet_repeat_run_after_run(replay, make_app):
     first = [replay.post("/v1/chat/completions", json=_chat()).json for _ in range(2)]
     assert first[0]["id"] != first[1]["id"] and first[0]["created"] != first[1]["created"]
