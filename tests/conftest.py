@@ -20,6 +20,17 @@ ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT.parent / "shared" / "reference"
 MISTRAL_KEY = "sk-test-real-mistral-key-0123456789"
 CONFIG_MASTER = "sk-sidecar-master-1234"
+# The OCR write-up's pass-through route as it is written (for ``configured``).
+SEED_OCR = """general_settings:
+  pass_through_endpoints:
+    - path: "/mistral/v1/ocr"
+      target: "{fake}/v1/ocr"
+      headers:
+        Authorization: "bearer os.environ/MISTRAL_API_KEY"
+        content-type: application/json
+        accept: application/json
+      forward_headers: True
+"""
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, quote, unquote
 
 from werkzeug.wrappers import Response
 
-from .fakes import FakeMistral, chat_body, chat_events
+from .fakes import FakeMistral, chat_body, chat_events, tool_call_body
 
 
 # -- AWS event-stream framing (the spec: prelude, prelude CRC, headers, payload, message CRC) ------------
@@ -238,7 +238,6 @@ class FakeVertex(FakeMistral):
         if found.group(3) == "streamRawPredict":
             return Response(b"".join(chat_events(2, model=body["model"])), 200, {"Content-Type": "text/event-stream"})
         if body.get("tools"):
-            from .web.test_clients import tool_call_body
             return Response(json.dumps(tool_call_body()), 200, {"Content-Type": "application/json"})
         content = "def f(): return 1" if "prompt" in body else "Hello from Vertex"
         return Response(json.dumps(chat_body(model=body["model"], content=content)), 200,
@@ -311,7 +310,6 @@ class FakeAzure(FakeMistral):
         if body.get("stream"):
             return Response(b"".join(chat_events(3, model=body["model"])), 200, {"Content-Type": "text/event-stream"})
         if body.get("tools"):
-            from .web.test_clients import tool_call_body
             return Response(json.dumps(tool_call_body()), 200, {"Content-Type": "application/json"})
         return Response(json.dumps(chat_body(model=body["model"], content="Hello from Azure")), 200,
                         {"Content-Type": "application/json"})

@@ -36,6 +36,26 @@ def chat_body(model="mistral-small-latest", content="Hello!", prompt=12, complet
     }
 
 
+def tool_call_body() -> dict:
+    """A chat answer that calls ``TOOL``."""
+    body = chat_body(content="")
+    body["choices"][0]["message"]["tool_calls"] = [
+        {"id": "call_1", "type": "function", "function": {"name": "get_current_weather",
+                                                          "arguments": '{"location": "Boston"}'}}]
+    body["choices"][0]["finish_reason"] = "tool_calls"
+    return body
+
+
+# Requests and answers several test modules send to, or program into, the fake.
+TOOL = {"type": "function", "function": {"name": "get_current_weather", "description": "Weather in a place",
+                                         "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
+                                                        "required": ["location"]}}}
+OCR_ANSWER = {"pages": [], "model": "mistral-ocr-latest", "usage_info": {"pages_processed": 3, "doc_size_bytes": 1000}}
+OCR_REQUEST = {"model": "mistral-ocr-latest", "document": {"document_url": "https://example.com/a.pdf"}}
+TRANSCRIPT = {"model": "voxtral-mini-2602", "text": "bonjour", "language": "fr", "segments": [],
+              "usage": {"prompt_audio_seconds": 90, "prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}
+
+
 def chat_events(n=3, model="mistral-small-latest", prompt=10, completion=None) -> list[bytes]:
     """``n`` data-only chat chunks, usage on the last, then ``[DONE]``, as Mistral frames them."""
     completion = n if completion is None else completion

@@ -12,7 +12,7 @@ import pytest
 
 from sidecar.core.usage import Usage
 
-from ..fakes import chat_body, chat_events
+from ..fakes import OCR_ANSWER, OCR_REQUEST, TRANSCRIPT, chat_body, chat_events
 
 M = 1e6
 SMALL = (0.15, 0.6)  # mistral-small-latest, USD per million tokens in / out (prices.yaml)
@@ -32,10 +32,6 @@ def conversation_events(prompt=10, completion=20) -> list[bytes]:
             b"event: conversation.response.done\ndata: " + json.dumps(done).encode() + b"\n\n"]
 
 
-OCR_ANSWER = {"pages": [], "model": "mistral-ocr-latest", "usage_info": {"pages_processed": 3, "doc_size_bytes": 1000}}
-OCR_REQUEST = {"model": "mistral-ocr-latest", "document": {"document_url": "https://example.com/a.pdf"}}
-TRANSCRIPT = {"model": "voxtral-mini-2602", "text": "bonjour", "language": "fr", "segments": [],
-              "usage": {"prompt_audio_seconds": 90, "prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}
 AGENT_CHAT = {"agent_id": "ag_1", "messages": [{"role": "user", "content": "hi"}]}
 
 # (id, method, path, request, upstream answer (JSON body or SSE events), expected usage fields, expected cost)

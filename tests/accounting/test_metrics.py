@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.accounting import metrics
 
-from ..fakes import chat_body, chat_events
+from ..fakes import OCR_ANSWER, OCR_REQUEST, TRANSCRIPT, chat_body, chat_events
 
 CHAT = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "hi"}]}
 CHAT_OP = "chat_completion_v1_chat_completions_post"
@@ -90,8 +90,6 @@ def test_the_multiprocess_directory_is_made_and_cleaned(tmp_path):
 
 
 def test_ocr_pages_audio_seconds_and_tts_characters_are_counted(client, fake):
-    from .test_costs import OCR_ANSWER, OCR_REQUEST, TRANSCRIPT
-
     fake.on("POST", "/v1/ocr", json_body=OCR_ANSWER)
     fake.on("POST", "/v1/audio/transcriptions", json_body=TRANSCRIPT)
     fake.on("POST", "/v1/audio/speech", json_body={"audio_data": "AAAA"})

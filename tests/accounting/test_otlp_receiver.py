@@ -21,9 +21,8 @@ from werkzeug.serving import make_server  # noqa: E402
 from werkzeug.wrappers import Request, Response  # noqa: E402
 
 from ..conftest import MISTRAL_KEY  # noqa: E402
-from ..fakes import chat_body, chat_events  # noqa: E402
+from ..fakes import OCR_ANSWER, OCR_REQUEST, chat_body, chat_events  # noqa: E402
 from ..servers import gunicorn_sidecar  # noqa: E402
-from .test_costs import OCR_ANSWER, OCR_REQUEST  # noqa: E402
 
 pytestmark = pytest.mark.slow
 CHAT = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "hi"}]}

@@ -20,8 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sidecar.accounting.telemetry import Telemetry  # noqa: E402
 
 from ..apps import build_app  # noqa: E402
-from ..fakes import chat_body, chat_events  # noqa: E402
-from .test_costs import OCR_ANSWER, OCR_REQUEST  # noqa: E402
+from ..fakes import OCR_ANSWER, OCR_REQUEST, chat_body, chat_events  # noqa: E402
 
 MASTER = "sk-sidecar-master-telemetry-01"
 CHAT = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "Tell me a secret recipe"}]}

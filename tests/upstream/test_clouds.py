@@ -12,8 +12,16 @@ import yaml
 from sidecar.core.config import parse
 
 from ..apps import build_app
-from ..fake_clouds import FakeAzure, FakeBedrock, FakeVertex, exception, service_account, tool_events
-from ..web.test_clients import TOOL
+from ..fake_clouds import (
+    FakeAzure,
+    FakeBedrock,
+    FakeVertex,
+    converse_answer,
+    exception,
+    service_account,
+    tool_events,
+)
+from ..fakes import TOOL
 
 KEY_ID, SECRET, TOKEN = "AKIDSIDECARTEST01", "aws-secret-key-for-the-fake-0123456789", "aws-session-token-0123456789"
 AZURE_KEY = "azure-key-for-the-fake-0123456789"
@@ -95,7 +103,7 @@ def test_bedrock_stream_ends_with_done(client):
 
 
 def test_bedrock_tools_and_tool_results_round_trip(mistral, clouds):
-    clouds["bedrock"].answer = __import__("tests.fake_clouds", fromlist=["converse_answer"]).converse_answer(tool=True)
+    clouds["bedrock"].answer = converse_answer(tool=True)
     response = mistral.chat.complete(model="mistral-7b", messages=MESSAGES, tools=[TOOL], tool_choice="any")
     call = response.choices[0].message.tool_calls[0]
     assert (call.id, call.function.name, json.loads(call.function.arguments)) == (
@@ -109,7 +117,7 @@ def test_bedrock_tools_and_tool_results_round_trip(mistral, clouds):
         {"id": "tooluse_1", "type": "function", "function": {"name": "get_current_weather",
                                                              "arguments": '{"location": "Boston"}'}}]},
                 {"role": "tool", "tool_call_id": "tooluse_1", "name": "get_current_weather", "content": "22C"}]
-    clouds["bedrock"].answer = __import__("tests.fake_clouds", fromlist=["converse_answer"]).converse_answer("22C.")
+    clouds["bedrock"].answer = converse_answer("22C.")
     assert mistral.chat.complete(model="mistral-7b", messages=followup, tools=[TOOL]).choices[0].message.content == "22C."
     _model, body = clouds["bedrock"].requests[-1]
     assert body["messages"][1:] == [

@@ -11,7 +11,7 @@ import json
 import pytest
 from werkzeug.wrappers import Response
 
-from ..fakes import chat_body, chat_events
+from ..fakes import TOOL, chat_body, chat_events, tool_call_body
 
 MODELS = {"object": "list", "data": [{"id": "mistral-small-latest", "object": "model", "created": 1,
                                       "owned_by": "mistralai", "type": "base",
@@ -21,20 +21,6 @@ EMBEDDING = {"id": "emb-1", "object": "list", "model": "mistral-embed",
              "usage": {"prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3}}
 OCR = {"pages": [{"index": 0, "markdown": "# receipt", "images": [], "dimensions": {"dpi": 200, "height": 2, "width": 1}}],
        "model": "mistral-ocr-latest", "usage_info": {"pages_processed": 1, "doc_size_bytes": 10}}
-TOOL = {"type": "function", "function": {"name": "get_current_weather", "description": "Weather in a place",
-                                         "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
-                                                        "required": ["location"]}}}
-
-
-def tool_call_body() -> dict:
-    body = chat_body(content="")
-    body["choices"][0]["message"]["tool_calls"] = [
-        {"id": "call_1", "type": "function", "function": {"name": "get_current_weather",
-                                                          "arguments": '{"location": "Boston"}'}}]
-    body["choices"][0]["finish_reason"] = "tool_calls"
-    return body
-
-
 @pytest.fixture
 def upstream(fake):
     """The fake Mistral answering every operation the clients call."""

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ..conftest import CONFIG_MASTER, MISTRAL_KEY
+from ..conftest import CONFIG_MASTER, MISTRAL_KEY, SEED_OCR
 from ..fakes import chat_events
 
 MASTER = CONFIG_MASTER
@@ -15,18 +15,6 @@ OCR_BODY = {"model": "mistral-ocr-latest",
 OCR_ANSWER = {"pages": [{"index": 0, "markdown": "# receipt", "images": [], "dimensions": {"dpi": 200, "height": 1,
                                                                                            "width": 1}}],
               "model": "mistral-ocr-2503-completion", "usage_info": {"pages_processed": 1, "doc_size_bytes": 3}}
-
-
-SEED_OCR = """general_settings:
-  pass_through_endpoints:
-    - path: "/mistral/v1/ocr"
-      target: "{fake}/v1/ocr"
-      headers:
-        Authorization: "bearer os.environ/MISTRAL_API_KEY"
-        content-type: application/json
-        accept: application/json
-      forward_headers: True
-"""
 
 
 def test_the_seed_ocr_route_wins_over_the_spec_and_is_relayed_as_written(configured, fake):

@@ -7,7 +7,7 @@ import pytest
 from sidecar.web.routes import SpecDispatcher
 
 from ..apps import build_app
-from .test_config_passthrough import SEED_OCR
+from ..conftest import SEED_OCR
 
 
 def _table(app) -> dict:
