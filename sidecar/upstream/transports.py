@@ -88,10 +88,10 @@ def asked_from(request) -> Asked:
     if ctype == "multipart/form-data" and options.get("boundary") and body is not None:
         features["form"] = form_fields(body, options["boundary"])
     elif ctype == "application/x-www-form-urlencoded" and body:
-        raw = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else b""
+        raw = body if isinstance(body, (bytes, bytearray)) else body.encode() if isinstance(body, str) else b""
         features["form"] = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
     elif body:
-        raw = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else b""
+        raw = body if isinstance(body, (bytes, bytearray)) else body.encode() if isinstance(body, str) else b""
         try:
             features["json"] = json.loads(raw.decode("utf-8")) if raw else None
         except ValueError:
@@ -102,7 +102,7 @@ def asked_from(request) -> Asked:
 def form_fields(body, boundary: str) -> dict:
     """Text fields of a multipart body (file parts as ``<file NAME>``); a file body is rewound after."""
     scan = PartScan(boundary, FORM_FIELD_LIMIT, lambda part: f"<file {part.filename or ''}>".replace(" >", ">"))
-    chunks = [body] if isinstance(body, bytes) else iter(lambda: body.read(64 * 1024), b"")
+    chunks = [body] if isinstance(body, (bytes, bytearray)) else iter(lambda: body.read(64 * 1024), b"")
     for chunk in [*chunks, None]:
         scan.feed(chunk)
     if hasattr(body, "seek"):

@@ -25,6 +25,7 @@ from sidecar.core.errors import (
 )
 from sidecar.core.validation import SMALL_FIELD
 from sidecar.multipart import PartScan
+from sidecar.worker import read_body
 
 CHUNK = 64 * 1024
 SPOOL_IN_MEMORY = 1024 * 1024
@@ -38,7 +39,7 @@ _STRING_OR_TRAILING_COMMA = re.compile(r'"(?:\\.|[^"\\])*"|,(\s*[}\]])')
 class Body:
     """A request body as the pipeline forwards it: raw bytes or a spooled file, plus what was parsed."""
 
-    raw: bytes | None = None
+    raw: bytes | bytearray | None = None  # a bytearray when received straight from the socket (worker.read_body)
     file: object | None = None  # spooled multipart body
     size: int = 0
     json: object = None
@@ -95,7 +96,7 @@ def loads_lenient(raw: bytes):
     """A pass-through body's JSON, to learn its model: None when it is not JSON (relayed as sent),
     but a key given twice is refused, since the allowlist and the target could read different models."""
     try:
-        return _loads(raw) if raw.strip() else None
+        return None if _blank(raw) else _loads(raw)
     except DuplicateKey as exc:
         raise _duplicate(exc) from None
     except (ValueError, RecursionError):
@@ -113,15 +114,19 @@ def read_some(request, size: int) -> bytes:
     return _framed(request.stream.read, size)
 
 
-def read_exactly(request, length: int) -> bytes:
-    """A body of known ``length``, read from the server's ``wsgi.input`` in one call into one buffer.
+def read_exactly(request, length: int) -> bytes | bytearray:
+    """A body of known ``length`` in one buffer: under the sidecar's worker received straight into it
+    (``worker.read_body``), elsewhere read from the server's ``wsgi.input`` in one call.
 
-    werkzeug's ``request.stream`` reads through ``RawIOBase.read``: a zeroed buffer of the whole
-    length, a copy into it and a copy out of it, two extra passes over a 10 MB OCR upload. The server
-    bounds ``wsgi.input`` by Content-Length itself (PEP 3333), so only a short body is left to
-    check, and that is the same 400 werkzeug's ``ClientDisconnected`` becomes.
+    Not werkzeug's ``request.stream``, which reads through ``RawIOBase.read``: a zeroed buffer of the
+    whole length, a copy into it and a copy out of it. The server bounds ``wsgi.input`` by
+    Content-Length itself (PEP 3333), so only a short body is left to check, and that is the same 400
+    werkzeug's ``ClientDisconnected`` becomes.
     """
-    raw = _framed(request.environ["wsgi.input"].read, length)
+    stream = request.environ["wsgi.input"]
+    raw = _framed(lambda size: read_body(stream, size), length)
+    if raw is None:
+        raw = _framed(stream.read, length)
     if len(raw) != length:
         raise BadRequest("Malformed request body framing: the body ended before it was complete.",
                          code="invalid_body_framing")
@@ -143,13 +148,18 @@ def _framing_reason(exc: Exception) -> str:
     return type(exc).__name__  # InvalidChunkSize, ChunkMissingTerminator...: never the client's bytes
 
 
+def _blank(raw) -> bool:
+    """Empty or only whitespace, without ``strip()``, which copies a bytearray whole."""
+    return not raw or raw.isspace()
+
+
 def _check_length(request, limit: int) -> None:
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"Request body of {length} bytes exceeds the limit of {limit} bytes.")
 
 
-def read_bytes(request, limit: int) -> bytes:
+def read_bytes(request, limit: int) -> bytes | bytearray:
     """The whole body in memory, 413 past ``limit``.
 
     With a length, read just that; without (chunked), read in chunks: ``read(limit + 1)`` on
@@ -171,7 +181,7 @@ def read_json(request, limit: int, required: bool) -> Body:
     """Read and parse a JSON body; malformed JSON is a 400, a missing required body a 422."""
     mimetype = request.mimetype
     raw = read_bytes(request, limit)
-    if not raw.strip():
+    if _blank(raw):
         if required:
             raise InvalidRequest([{"loc": ["body"], "msg": "Field required", "type": "missing"}])
         return Body(raw=None)

@@ -151,3 +151,17 @@ def test_error_triggers_answer_streaming_requests_and_cut_breaks_a_stream(replay
 def _events(raw: bytes) -> list:
     from sidecar.contracts.fileformat import unframe
     return [unframe(block) for block in raw.split(b"\n\n") if block.strip()]
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_contracts_match_a_body_however_it_was_read(kind):
+    """Under gunicorn a JSON body is received into a bytearray (sidecar.worker.read_body), under a test
+    client it is bytes: a contract reads the same request from either."""
+    from requests import PreparedRequest
+
+    from sidecar.upstream.transports import asked_from
+    prepared = PreparedRequest()
+    prepared.prepare(method="POST", url="http://mistral.test/v1/chat/completions",
+                     headers={"Content-Type": "application/json"})
+    prepared.body = kind(json.dumps(CHAT).encode())
+    assert asked_from(prepared).json == CHAT

@@ -173,6 +173,39 @@ def test_a_short_content_length_body_whose_client_stops_sending_gets_400(sidecar
     assert json.loads(body)["code"] == "invalid_body_framing"
 
 
+def test_a_large_body_is_forwarded_byte_for_byte(sidecar, upstream):
+    """A body of megabytes arrives in many reads, received straight into one buffer (worker.read_body):
+    what Mistral gets is exactly what the client sent."""
+    url, _log = sidecar
+    body = json.dumps({"model": "mistral-small-latest", "messages": [
+        {"role": "user", "content": "".join(chr(0x20 + i % 90) for i in range(3_000_000)).replace('"', "'")
+         .replace("\\", "/")}]}, separators=(",", ":")).encode()
+    answer = requests.post(url + "/v1/chat/completions", data=body, timeout=30,
+                           headers={"Authorization": f"Bearer {MISTRAL_KEY}", "Content-Type": "application/json"})
+    assert answer.status_code == 200, answer.text[:300]
+    assert upstream.last.body == body
+
+
+def test_pipelined_requests_with_bodies_are_each_answered(sidecar, upstream):
+    """Two requests sent at once on one connection: the first body ends where the second request begins,
+    whatever part of it the worker read along with the headers."""
+    url, _log = sidecar
+    sock = _connect(url)
+    bodies = [json.dumps({"model": "mistral-small-latest", "messages": [{"role": "user", "content": word * n}]}).encode()
+              for word, n in (("first ", 10), ("second ", 20_000))]
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + MISTRAL_KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n")
+    before = len(upstream.seen)
+    sock.sendall(b"".join(head % len(body) + body for body in bodies))
+    raw = b""
+    while raw.count(b"HTTP/1.1 200") < 2 or not raw.rstrip().endswith(b"}"):
+        chunk = sock.recv(65536)
+        assert chunk, raw[-300:]
+        raw += chunk
+    sock.close()
+    assert [seen.body for seen in upstream.seen[before:]] == bodies
+
+
 def test_headers_that_never_finish_are_closed_after_the_header_timeout(sidecar):
     url, _log = sidecar
     sock = _connect(url)
