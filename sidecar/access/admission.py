@@ -30,6 +30,11 @@ class Ask:
     parallel: int | None = None
     rpm: int | None = None
 
+    @property
+    def limited(self) -> bool:
+        """Whether anything about this key must be counted where every worker sees it."""
+        return not (self.budget is None and self.tpm is None and self.parallel is None and self.rpm is None)
+
     def fits_budget(self, spend: float) -> bool:
         """Spend plus every reservation plus this one within the budget (and nothing left: refused)."""
         return spend < self.budget - EPSILON and spend + self.cost <= self.budget + EPSILON

@@ -62,8 +62,11 @@ class Limits:
     """``admit(ex, cost, tokens)`` refuses or admits an exchange and returns the callable that gives its
     admission back if the exchange will never be recorded; ``record`` (an accountant sink) settles it."""
 
-    def __init__(self, counters, *, clock: Clock = SYSTEM, exempt=frozenset(), spend=None):
+    def __init__(self, counters, *, clock: Clock = SYSTEM, exempt=frozenset(), spend=None, journal=None):
         self.counters = counters
+        # journal.Journal: where the admissions of callers without limits are remembered (one write
+        # each, nothing shared); None: in the counters like the rest (tests of the counters alone).
+        self.journal = journal
         # key hash -> committed spend this period, read fresh (spend.SpendLog.committed_spend); None:
         # the cached key row's spend (tests without a store).
         self.spend = spend
@@ -80,14 +83,20 @@ class Limits:
     # -- admission --------------------------------------------------------------------------------------
     def admit(self, ex, cost: float = 0.0, tokens: int = 0):
         caller = ex.caller
-        if getattr(caller, "kind", None) != "virtual" or ex.operation_id in self.exempt:
+        if caller is None or ex.operation_id in self.exempt:
             return _no_release
-        limits = caller.limits or {}
+        limits = (caller.limits or {}) if caller.is_virtual else {}
         self.start()
         budget = limits.get("max_budget")
         ask = Ask(id=uuid.uuid4().hex, key=caller.key_hash, owner=self.owner, cost=float(cost), tokens=int(tokens),
                   record=_admission_record(ex, cost, tokens), budget=budget, tpm=limits.get("tpm_limit"),
                   parallel=limits.get("max_parallel_requests"), rpm=limits.get("rpm_limit"))
+        if self.journal is not None and not ask.limited:
+            self.journal.admit(ask.id, ask.record)  # nothing to share: remembered, not counted
+            ex.admission, ex.settles = ask.id, False
+            return _no_release
+        if not caller.is_virtual:
+            return _no_release
         for attempt in range(4):
             if budget is not None:
                 ask.epoch, ask.committed = self._committed_spend(caller)
@@ -145,16 +154,27 @@ class Limits:
 
     def record(self, ex) -> None:
         """Accountant sink: the exchange ended, its real cost and tokens replace its reservation."""
-        if ex.admission is None or not ex.settles:
+        if ex.admission is None:
             return
         usage = ex.usage
         tokens = getattr(usage, "total_tokens", 0) or (
             (getattr(usage, "prompt_tokens", 0) or 0) + (getattr(usage, "completion_tokens", 0) or 0))
+        if not ex.settles:
+            if self.journal is not None:
+                self.journal.settle(ex.admission, float(ex.cost or 0.0), int(tokens))
+            return
         tpm = (ex.caller.limits or {}).get("tpm_limit") is not None
         self.counters.settle(ex.admission, float(ex.cost or 0.0), int(tokens), tpm, WINDOW)
 
     def recorded(self, admissions: list[str], keys: set[str]) -> None:
-        """Spend-log hook: these records are committed, so their admissions stop counting on their own."""
+        """Spend-log hook: these records are committed, so their admissions stop counting on their own.
+
+        The keys' epochs move only with admissions the counters hold: a key with a budget is always
+        admitted there, and only such keys cache their committed spend."""
+        if self.journal is not None:
+            admissions = self.journal.recorded(admissions)
+            if not admissions:
+                return
         if admissions or keys:
             self.counters.recorded(admissions, keys)
 
@@ -198,22 +218,27 @@ class Limits:
             self._stop.wait(BEAT_SECONDS)
 
     def sweep(self) -> list[Orphan]:
-        """Claim dead workers' admissions and hand them to ``on_orphans`` (the spend log)."""
+        """Claim dead workers' admissions and hand them to ``on_orphans`` (the spend log): those in the
+        counters, then those in the journals (a journal is deleted only once ``on_orphans`` took it)."""
         if self.on_orphans is None:
             return []
         orphans = self.counters.sweep(host=HOST, grace=SWEEP_GRACE, alive=_alive, mine=self.owner)
         if orphans:
-            log.warning("recording %d requests left unsettled by a dead worker at their estimated cost",
-                        len(orphans))
-            self.on_orphans(orphans)
+            self._recover(orphans)
+        if self.journal is not None:
+            orphans += self.journal.sweep(self._recover)
         return orphans
+
+    def _recover(self, orphans: list[Orphan]) -> None:
+        log.warning("recording %d requests left unsettled by a dead worker at their estimated cost", len(orphans))
+        self.on_orphans(orphans)
 
     def sweep_at_start(self) -> list[Orphan]:
         """``sweep`` when a worker starts; a limiter that is down then must not stop the worker (readiness
         says it is down, limited keys get 503), and the heartbeat sweeps once it answers again."""
         try:
             return self.sweep()
-        except self.counters.errors as exc:
+        except (*self.counters.errors, OSError) as exc:
             log.warning("limiter unavailable at start (%s): dead workers' admissions are swept once it answers",
                         type(exc).__name__)
             return []
@@ -227,6 +252,8 @@ class Limits:
                 self.counters.leave(self.owner)
             except Exception:
                 log.exception("could not leave the limits owners at exit")
+        if self.journal is not None:
+            self.journal.close()
 
 
 def _admission_record(ex, cost: float, tokens: int) -> str:
@@ -242,6 +269,12 @@ def _admission_record(ex, cost: float, tokens: int) -> str:
 
 def _ceil(seconds: float) -> int:
     return max(1, int(-(-seconds // 1)))
+
+
+def journal_path(settings) -> Path:
+    """The folder of the admission journals, beside the limits file (one per machine, like it); not
+    ``-journal``, which is SQLite's own rollback journal beside a database file."""
+    return Path(str(local_counters_path(settings))[: -len("-limits")] + "-admissions")
 
 
 def local_counters_path(settings) -> Path:

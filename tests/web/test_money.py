@@ -115,9 +115,11 @@ def test_a_tpm_limit_holds_against_a_burst_of_long_streams(sidecar, fake):
     assert set(statuses) <= {200, 429} and 1 <= statuses.count(200) <= 3
 
 
-def test_sigkill_of_both_workers_mid_load_leaves_no_answered_request_without_a_record(sidecar, tmp_path):
+@pytest.mark.parametrize("limits", [{}, {"max_budget": 1000.0}], ids=["journal", "counters"])
+def test_sigkill_of_both_workers_mid_load_leaves_no_answered_request_without_a_record(sidecar, tmp_path, limits):
+    """A key without limits is admitted in its worker's journal, one with a budget in the shared counters."""
     url, process = sidecar
-    key = _key(url)
+    key = _key(url, **limits)
     answered, stop = [], threading.Event()
 
     def client(streaming: bool) -> None:
