@@ -194,12 +194,18 @@ class SpendLog:
                 log.exception("could not clear %d admissions of committed spend records", len(admissions))
 
     def _forget_pending(self, batch: list) -> None:
-        """The batch is committed: its cost leaves the pending sums and the cached committed spend
-        of its keys is dropped in the same step, so no reader counts it twice or not at all."""
+        """The batch is committed: its cost moves from the pending sums to the cached committed spend
+        of its keys in the same step, so no reader counts it twice or not at all, and none has to read
+        the store again for it (a key whose budget period ended is dropped: the store says what is left)."""
+        wall = self.clock.wall()
         with self._cost_lock:
             for _row, charge, _admission in batch:
                 if charge is not None:
-                    self._committed.pop(charge[0], None)
+                    hit = self._committed.get(charge[0])
+                    if hit is not None and (hit[2] is None or hit[2] > wall):
+                        self._committed[charge[0]] = (hit[0], hit[1] + charge[1], hit[2])
+                    else:
+                        self._committed.pop(charge[0], None)
                     left = self._pending_cost.get(charge[0], 0.0) - charge[1]
                     if left > 1e-12:
                         self._pending_cost[charge[0]] = left

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from werkzeug.wrappers import Response
 
 from sidecar.accounting.spend import SpendLog
-from sidecar.core.exchange import Exchange
+from sidecar.core.exchange import Caller, Exchange
 from sidecar.store import tables
 
 from ..conftest import MISTRAL_KEY
@@ -222,3 +222,28 @@ def test_the_sqlite_insert_binds_every_column_of_a_spend_record():
     from sidecar.core.exchange import Exchange
 
     assert tuple(spend_record(Exchange("r1", "op", "POST", "/v1/x"))) == ROW_COLUMNS
+
+
+def test_a_flushed_batch_moves_into_the_cached_spend_so_the_store_is_read_once_per_ttl(tmp_path, clock):
+    """This worker's own spend is exact across flushes without re-reading the store for each one; what
+    other workers wrote (here: a change behind the log's back) shows once ``spend_ttl`` has passed."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'spend.db'}")
+    tables.metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(tables.keys.insert().values(token="k" * 64, key_name="sk-...kkkk", spend=1.0,
+                                                      created_at=clock.wall(), updated_at=clock.wall()))
+    spend = SpendLog(engine, clock=clock, flush_interval=3600)
+    caller = Caller("virtual", key_hash="k" * 64)
+    assert spend.key_spend(caller.key_hash) == pytest.approx(1.0)
+    with engine.begin() as connection:  # another worker's records land
+        connection.execute(tables.keys.update().values(spend=tables.keys.c.spend + 5.0))
+    for i in range(3):
+        ex = Exchange(f"r{i}", "chat_completion_v1_chat_completions_post", "POST", "/v1/chat/completions")
+        ex.status, ex.cost, ex.caller = 200, 0.25, caller
+        spend.record(ex)
+        assert spend.key_spend(caller.key_hash) == pytest.approx(1.0 + 0.25 * (i + 1))
+        spend.flush()  # committed: counted once, and the store is not read again for it
+        assert spend.key_spend(caller.key_hash) == pytest.approx(1.0 + 0.25 * (i + 1))
+    clock.advance(spend.spend_ttl)
+    assert spend.key_spend(caller.key_hash) == pytest.approx(6.75)
+    spend.close()
