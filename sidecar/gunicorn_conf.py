@@ -58,9 +58,9 @@ def _connection_cap(wanted: int) -> tuple[int, str]:
     return wanted, f"{wanted} connections per worker"
 
 
-# Idle connections cost a greenlet and a socket each (about 10 KB, see README): a cap far above
-# any real load means a flood of slow clients cannot take every slot (each is closed after
-# SIDECAR_HEADER_TIMEOUT anyway).
+# A waiting connection costs a greenlet and a socket (a few KB, see README), so the cap is far above any
+# real load; a worker that reaches it sheds the connection waiting longest on its client (sidecar/worker.py),
+# so a flood of slow clients cannot take every slot.
 worker_connections, _connections_said = _connection_cap(_settings.worker_connections)
 # Connections the kernel holds before a worker accepts them (capped by net.core.somaxconn): under a flood
 # of reconnecting clients a short queue drops a real client's SYN, which then waits 1-3 s to retry.

@@ -1,19 +1,28 @@
-"""gunicorn's gevent worker with deadlines on what a client sends, so slow clients cannot hold connections.
+"""gunicorn's gevent worker with deadlines on what a client sends, and a connection cap a flood cannot fill.
 
-gunicorn bounds only the whole wait for the next request (``keepalive``), and not at all a client that
-sends its headers or body a byte at a time. Here every connection's socket is wrapped so that each read
-knows its deadline: the request headers must be complete within ``SIDECAR_HEADER_TIMEOUT`` of the first
-byte (of the connection, or of the next request on a kept-alive one; a random half to all of it, so a
-flood is not closed in one wave); an idle kept-alive connection is closed after
-``SIDECAR_KEEPALIVE_TIMEOUT``; a body that pauses longer than ``SIDECAR_HEADER_TIMEOUT`` raises
-``TimeoutError`` in the body reader (a 408, see ``web/body.py``). Writes are never bounded here.
+Deadlines: gunicorn bounds only the whole wait for the next request (``keepalive``), and not at all a
+client that sends its headers or body a byte at a time. Here every connection's socket is wrapped so
+that each read knows its deadline: the request headers must be complete within
+``SIDECAR_HEADER_TIMEOUT`` of the first byte (of the connection, or of the next request on a kept-alive
+one; a random half to all of it, so a flood is not closed in one wave); an idle kept-alive connection is
+closed after ``SIDECAR_KEEPALIVE_TIMEOUT``; a body that pauses longer than ``SIDECAR_HEADER_TIMEOUT``
+raises ``TimeoutError`` in the body reader (a 408, see ``web/body.py``). Writes are never bounded here.
 Deadlines read the system clock (``clock.SYSTEM``), not the app's: socket timeouts enforce them in real time.
+
+The cap: gevent's server stops accepting while a worker holds ``worker_connections``, so once slow
+clients hold every slot a new connection waits in the kernel's listen queue until a deadline frees one
+(up to ``SIDECAR_HEADER_TIMEOUT``), and behind every reconnection of the flood queued before it. So a
+worker that takes its last slot sheds the connection that has waited longest for its client: one that
+has not finished its request headers, or is idle between requests (nginx reuses its idle connections
+the same way when it runs out). Accepting never stops while any slot is waiting on a client, and a
+connection whose request is being served is never shed: only requests in progress can fill a worker.
 """
 
 from __future__ import annotations
 
 import io
 import random
+import socket
 
 import gevent
 from gunicorn.http.body import Body, LengthReader
@@ -22,7 +31,8 @@ from gunicorn.workers.ggevent import GeventWorker
 from sidecar.clock import SYSTEM
 from sidecar.settings import Settings
 
-HEADERS, BODY, IDLE = "headers", "body", "idle"
+HEADERS, BODY, IDLE, SHED = "headers", "body", "idle", "shed"
+SHED_LOG_INTERVAL = 60.0  # seconds between the lines that say a worker is shedding
 
 
 def _spread(timeout: float) -> float:
@@ -37,6 +47,7 @@ class DeadlineSocket:
     Headers: one deadline for all of them (a timeout reads as the end of the connection, which gunicorn
     closes quietly). Body: the longest pause between reads (a timeout raises). Idle (between requests):
     the keep-alive timeout until the next request's first byte, which starts a new headers deadline.
+    Shed: the worker took the slot back; every read is the end of the connection.
     """
 
     __slots__ = ("_sock", "header_timeout", "keepalive_timeout", "phase", "_deadline")
@@ -58,6 +69,8 @@ class DeadlineSocket:
                 return sock.recv(size, *flags)
             finally:
                 sock.settimeout(None)
+        if self.phase == SHED:
+            return b""
         if self.phase == IDLE:
             wait = self.keepalive_timeout
         else:
@@ -69,8 +82,14 @@ class DeadlineSocket:
             data = sock.recv(size, *flags)
         except TimeoutError:
             return b""  # gunicorn closes a connection that ends before its request does, without a log line
+        except OSError:
+            if self.phase == SHED:  # gevent cancels the wait of a socket shut down by another greenlet
+                return b""
+            raise
         finally:
             sock.settimeout(None)
+        if self.phase == SHED:  # shed while this read was ready to return: the request is not served
+            return b""
         if self.phase == IDLE and data:
             self.phase, self._deadline = HEADERS, SYSTEM.monotonic() + _spread(self.header_timeout)
         return data
@@ -97,6 +116,15 @@ class DeadlineSocket:
     def served(self) -> None:
         self.phase = IDLE
 
+    def shed(self) -> None:
+        """Take the slot back: the pending read ends (gevent wakes it) and the client sees the end of the
+        connection, as after a deadline. Only for a connection waiting on its client (headers or idle)."""
+        self.phase = SHED
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the client has already gone: its read ends by itself
+
 
 class SidecarWorker(GeventWorker):
     """The production worker (``gunicorn_conf.worker_class``)."""
@@ -104,6 +132,11 @@ class SidecarWorker(GeventWorker):
     def init_process(self) -> None:
         settings = Settings.from_env()
         self.header_timeout, self.keepalive_timeout = settings.header_timeout, settings.keepalive_timeout
+        # The connections open in this worker, and those waiting on their client in the order they began
+        # to wait (a dict keeps insertion order): the first is the one to shed.
+        self.held = 0
+        self.waiting: dict[DeadlineSocket, None] = {}
+        self._shed_count, self._shed_said = 0, -SHED_LOG_INTERVAL
         super().init_process()
 
     def timeout_ctx(self):
@@ -111,14 +144,37 @@ class SidecarWorker(GeventWorker):
         return gevent.Timeout(self.keepalive_timeout + self.header_timeout + 1, False)
 
     def handle(self, listener, client, addr) -> None:
-        super().handle(listener, DeadlineSocket(client, self.header_timeout, self.keepalive_timeout), addr)
+        sock = DeadlineSocket(client, self.header_timeout, self.keepalive_timeout)
+        self.held += 1
+        if self.held >= self.worker_connections and self.waiting:
+            self._shed_oldest()
+        self.waiting[sock] = None
+        try:
+            super().handle(listener, sock, addr)
+        finally:
+            self.held -= 1
+            self.waiting.pop(sock, None)
 
     def handle_request(self, listener_name, req, sock, addr):
+        self.waiting.pop(sock, None)
         sock.serving()
         try:
             return super().handle_request(listener_name, req, sock, addr)
         finally:
             sock.served()
+            self.waiting[sock] = None
+
+    def _shed_oldest(self) -> None:
+        oldest = next(iter(self.waiting))
+        del self.waiting[oldest]
+        oldest.shed()
+        self._shed_count += 1
+        now = SYSTEM.monotonic()
+        if now - self._shed_said >= SHED_LOG_INTERVAL:  # one line a minute, not one per connection of a flood
+            self.log.warning("worker %s holds its cap of %d connections (SIDECAR_WORKER_CONNECTIONS): shedding "
+                             "those waiting longest on their clients, %d since the last such line",
+                             self.pid, self.worker_connections, self._shed_count)
+            self._shed_count, self._shed_said = 0, now
 
 
 def read_body(stream, length: int) -> bytearray | None:
