@@ -14,7 +14,6 @@ from sidecar.clock import SYSTEM, Clock
 from sidecar.core import estimate
 from sidecar.core import usage as usage_mod
 from sidecar.core.exchange import Exchange
-from sidecar.core.fields import model_of
 from sidecar.core.sse import UsageWatcher
 from sidecar.store.health import STORE_ERRORS
 
@@ -73,8 +72,7 @@ class Accountant:
         output = estimate.output_reserve(ex.request_json, self.output_reserve) if kind in estimate.GENERATING_KINDS else 0
         cost = None
         if self.prices is not None:
-            model = ex.model or _requested_model(ex.request_json)
-            cost = self.prices.cost(model, usage_mod.Usage(prompt_tokens=prompt, completion_tokens=output))
+            cost = self.prices.cost(ex.model, usage_mod.Usage(prompt_tokens=prompt, completion_tokens=output))
         return (cost or 0.0), prompt + output
 
     def stream_meter(self, ex: Exchange):
@@ -109,10 +107,9 @@ class Accountant:
         ex.usage = usage
         if usage is None or self.prices is None:
             return
-        model = ex.model or usage.model or _requested_model(ex.request_json)
-        ex.model = model  # agents and conversations may name no model in a field the spec declares
-        if ex.priced_as is not None:  # the deployment that answered bills under its own name
-            model = ex.priced_as
+        if not ex.model:  # the request named none (an agent, a conversation continued): its answer does
+            ex.model = usage.model
+        model = ex.model if ex.priced_as is None else ex.priced_as  # a deployment bills under its own name
         ex.cost = self.prices.cost(model, usage)
         if ex.cost is None and model not in self._unpriced_warned:
             # Once per model and process: an unpriced model in heavy use must not flood the log.
@@ -220,10 +217,6 @@ class Accountant:
             "key": key_hash[:12] if key_hash else None, "end_user": ex.end_user,
             **counts, "cost": ex.cost, "error": ex.error, "estimated": ex.usage is not None and ex.usage.estimated,
         }
-
-
-def _requested_model(request_json) -> str | None:
-    return model_of(request_json) or None
 
 
 def _usd(cost: float) -> str:

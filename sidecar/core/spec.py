@@ -108,6 +108,18 @@ def resolve(doc: dict, schema, default=_NOWHERE):
     return schema
 
 
+def body_fields(doc: dict, schema) -> frozenset[str]:
+    """The fields a body schema declares: its ``properties`` and those of every ``allOf`` part (a
+    conversation's ``model`` is declared in the base it extends)."""
+    schema = resolve(doc, schema)
+    if not isinstance(schema, dict):
+        return frozenset()
+    fields = set(schema.get("properties") or ())
+    for part in schema.get("allOf") or ():
+        fields |= body_fields(doc, part)
+    return frozenset(fields)
+
+
 def _auth(doc: dict, op: dict) -> Auth:
     security = op.get("security", doc.get("security") or [])
     if security == [] or security == [{}]:
@@ -144,15 +156,13 @@ def _streams(doc: dict, op: dict, body_schema: dict | None) -> bool:
     for response in op.get("responses", {}).values():
         if "text/event-stream" in ((resolve(doc, response) or {}).get("content") or {}):
             return True
-    props = (resolve(doc, body_schema) or {}).get("properties") or {}
-    return "stream" in props
+    return "stream" in body_fields(doc, body_schema)
 
 
 def _model_in(doc: dict, path: str, kind: BodyKind | None, body_schema: dict | None) -> ModelIn | None:
     if "{model_id}" in path:
         return "path"
-    props = (resolve(doc, body_schema) or {}).get("properties") or {}
-    if "model" in props:
+    if "model" in body_fields(doc, body_schema):
         return "form" if kind == "multipart" else "body"
     return None
 

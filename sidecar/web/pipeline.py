@@ -29,7 +29,7 @@ from sidecar.core.exchange import Exchange
 from sidecar.core.fields import model_of, wants_stream
 from sidecar.core.redact import Redactor
 from sidecar.core.router import ModelRouter
-from sidecar.core.spec import Endpoint, Operation, resolve
+from sidecar.core.spec import Endpoint, Operation, body_fields
 from sidecar.deadline import Deadline, DeadlineExceeded
 from sidecar.store.health import STORE_ERRORS
 from sidecar.upstream.client import _retry_after_seconds, inbound_headers, outbound_headers
@@ -83,8 +83,8 @@ class Pipeline:
         self.redactor = redactor or Redactor(settings.secrets())
         self.spec = spec
         # Operations whose body declares ``user`` (else it is OpenAI's end-user field): read once, not per request.
-        self._declares_user = frozenset(op.id for op in spec.operations if "user" in (
-            (resolve(spec.document, op.body_schema) or {}).get("properties") or {}))
+        self._declares_user = frozenset(op.id for op in spec.operations
+                                        if "user" in body_fields(spec.document, op.body_schema))
         self.validators = validators
         self.upstream = upstream
         self.auth = authenticator
@@ -117,7 +117,7 @@ class Pipeline:
             ex.operation_id, ex.stream = op.id, op.stream_twin or self._wants_stream(body)
             ex.end_user = self._take_end_user(op, body, headers)
             self._validate(op, path_params, body, req.args)
-            ex.model = self._model(op, body, path_params)
+            ex.model = self._model(op, body, path_params)  # the one place a request's model is settled
             ex.request_json = body.json
             if caller is not None:
                 self.auth.authorize_model(caller, ex.model)
@@ -194,6 +194,8 @@ class Pipeline:
 
     @staticmethod
     def _model(op: Operation, body: bodies.Body, path_params: dict) -> str | None:
+        """The model the request names where its operation declares one (``Operation.model_in``): what
+        the caller is authorized for, routed by, reserved and priced as (``ex.model``)."""
         if op.model_in == "body":
             return model_of(json=body.json)
         if op.model_in == "form":

@@ -200,6 +200,9 @@ def test_model_outside_the_allowlist_gets_403_on_every_kind_of_route(client, new
     _refused(form, 403, "model_not_allowed")
     path = client.delete("/v1/models/ft:open-mistral-7b:abc", headers={"Authorization": f"Bearer {key}"})
     _refused(path, 403, "model_not_allowed")
+    conversation = client.post("/v1/conversations", json={"model": "mistral-large-latest", "inputs": "hi"},
+                               headers={"Authorization": f"Bearer {key}"})  # declared in the schema's allOf
+    _refused(conversation, 403, "model_not_allowed")
 
 
 def test_budget_is_enforced_then_resets_with_its_period(app, client, new_key, clock):
