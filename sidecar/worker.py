@@ -28,6 +28,7 @@ import gevent
 from gunicorn.http.body import Body, LengthReader
 from gunicorn.workers.ggevent import GeventWorker
 
+from sidecar import heap
 from sidecar.clock import SYSTEM
 from sidecar.settings import Settings
 
@@ -137,6 +138,7 @@ class SidecarWorker(GeventWorker):
         self.held = 0
         self.waiting: dict[DeadlineSocket, None] = {}
         self._shed_count, self._shed_said = 0, -SHED_LOG_INTERVAL
+        heap.keep_large_buffers()
         super().init_process()
 
     def timeout_ctx(self):
