@@ -1,7 +1,8 @@
 """The fault matrix as a tool: hostile clients, misbehaving upstreams and a store outage against the sidecar.
 
     python bench/faults.py [--slow-connections 8200] [--slow-seconds 40] [--outage-seconds 10]
-                           [--workers 2] [--out bench/results/faults.json]
+                           [--workers 2] [--worker-connections N] [--only flood,outage]
+                           [--out bench/results/faults.json]
 
 Starts a fake Mistral on loopback that misbehaves on command (the ``X-Fault`` header, which the sidecar
 forwards), and the sidecar under its production gunicorn settings in open mode, its store in PostgreSQL
@@ -15,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import multiprocessing
-import resource
-import selectors
+import re
 import socket
 import sys
 import tempfile
@@ -31,12 +30,11 @@ from werkzeug.wrappers import Response
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
-from bench.run import rss_kb, tree_pids  # noqa: E402
+from bench.flood import CHAT, slow_headers  # noqa: E402
 from tests.fakes import FakeMistral, TcpProxy, chat_body  # noqa: E402
 from tests.servers import gunicorn_sidecar  # noqa: E402
 
 KEY = "sk-faults-real-mistral-key-0123456789"
-CHAT = {"model": "mistral-small-latest", "messages": [{"role": "user", "content": "hi"}]}
 CHAT_BYTES = json.dumps(CHAT).encode()
 TOTAL_TIMEOUT, IDLE_TIMEOUT = 3.0, 2.0
 ROWS: list[dict] = []
@@ -165,114 +163,6 @@ def upstream_attacks(url: str, log_path: Path) -> None:
     row("client puts a key in a path, request id, user", "not in logs", f"in the log: {logged}", not logged)
 
 
-# -- slow clients ------------------------------------------------------------------------------------------
-def _raise_fd_limit(wanted: int) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def attack(url: str, count: int, seconds: float, results) -> None:
-    """``count`` connections that send their headers one byte every 5 s, each reopened at once when the
-    sidecar closes it; runs in its own process (its busy loop must not slow the probe or the fake upstream)."""
-    limit = _raise_fd_limit(count + 200)
-    if limit < count + 200:
-        count = limit - 200
-        print(f"faults: open-file limit {limit}: {count} slow connections (raise ulimit -n for more)", flush=True)
-    host, port = url.removeprefix("http://").split(":")
-    selector = selectors.DefaultSelector()
-    opened = closed = 0
-
-    def open_one() -> None:
-        nonlocal opened
-        sock = socket.socket()
-        sock.settimeout(3)
-        try:
-            sock.connect((host, int(port)))
-            sock.sendall(b"GET /health/liveliness HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
-        except OSError:
-            sock.close()
-            return
-        sock.setblocking(False)
-        selector.register(sock, selectors.EVENT_READ)
-        opened += 1
-
-    end = time.monotonic() + seconds
-    for _ in range(count):
-        if time.monotonic() > end:
-            break
-        open_one()
-    held_peak = len(selector.get_map())
-    next_drip = time.monotonic() + 5
-    while time.monotonic() < end:
-        for key, _events in selector.select(timeout=0.5):
-            sock = key.fileobj
-            try:
-                data = sock.recv(4096)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                data = b""
-            if not data:  # the sidecar closed it: the attacker opens another at once
-                selector.unregister(sock)
-                sock.close()
-                closed += 1
-                open_one()
-        if time.monotonic() >= next_drip:
-            next_drip += 5
-            for key in list(selector.get_map().values()):
-                try:
-                    key.fileobj.send(b"a")
-                except OSError:
-                    pass
-            held_peak = max(held_peak, len(selector.get_map()))
-    for key in list(selector.get_map().values()):
-        key.fileobj.close()
-    results.put({"connections": count, "held_peak": held_peak, "closed_by_sidecar": closed, "opened": opened})
-
-
-def slow_headers(url: str, workers: list[int], count: int, seconds: float) -> dict:
-    """The flood (another process) while a probe here sends one chat call a second on a fresh connection."""
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    rss_before = rss_kb(workers)
-    attacker = context.Process(target=attack, args=(url, count, seconds, results), daemon=True)
-    attacker.start()
-    kept: list[float | None] = []  # a normal client: one pooled, kept-alive connection (an SDK, requests.Session)
-    fresh: list[float | None] = []  # a new connection per call: it must also get through the accept queue
-    session = requests.Session()
-    rss_peak = rss_before
-    end = time.monotonic() + seconds
-    time.sleep(1.0)
-    while time.monotonic() < end:
-        started = time.monotonic()
-        for found, call in ((kept, session.post), (fresh, requests.post)):
-            began = time.monotonic()
-            try:
-                ok = call(url + "/v1/chat/completions", json=CHAT, timeout=5,
-                          headers={} if found is kept else {"Connection": "close"}).status_code == 200
-            except requests.RequestException:
-                ok = False
-            found.append(time.monotonic() - began if ok else None)
-        rss_peak = max(rss_peak, rss_kb(workers))
-        time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
-    stats = results.get(timeout=60)
-    attacker.join(10)
-    return {**stats, "kept_alive": _latencies(kept), "fresh_connection": _latencies(fresh),
-            "kb_per_connection": round((rss_peak - rss_before) / max(stats["held_peak"], 1), 1),
-            "rss_before_kb": rss_before, "rss_peak_kb": rss_peak}
-
-
-def _latencies(found: list[float | None]) -> dict:
-    answered = sorted(p for p in found if p is not None)
-    return {"calls": len(found), "failed": len(found) - len(answered),
-            "p50_s": round(answered[len(answered) // 2], 3) if answered else None,
-            "max_s": round(answered[-1], 3) if answered else None,
-            "over_1s": sum(p > 1.0 for p in answered)}
-
-
 # -- the store outage ----------------------------------------------------------------------------------------
 def postgres_url() -> tuple[str | None, str]:
     try:
@@ -324,14 +214,42 @@ def store_outage(url: str, proxy: TcpProxy, schema: str, seconds: float) -> None
         f"200 after {recovered:.1f} s, {records} records", records == sent)
 
 
+SCENARIOS = ("input", "browser", "upstream", "flood", "outage")
+
+
+def flood_rows(url: str, process, args, log_path: Path) -> dict:
+    slow = slow_headers(url, process.pid, args.slow_connections, args.slow_seconds)
+    kept, fresh = slow["kept_alive"], slow["fresh_connection"]
+    cap = re.search(r"(\d+) connections per worker", log_path.read_text())
+    slow["cap_per_worker"] = int(cap.group(1)) if cap else None
+    row(f"{slow['connections']:,} slow-header connections, {args.slow_seconds:g} s",
+        "a kept-alive client's calls answered in < 1 s",
+        f"{kept['calls'] - kept['failed']}/{kept['calls']} answered, p50 {kept['p50_s']} s, max {kept['max_s']} s; "
+        f"held {' + '.join(f'{n:,}' for n in slow['held_per_worker'])} (cap {slow['cap_per_worker']} a worker), "
+        f"{slow['kb_per_held_connection']} KB each; {slow['closed_by_sidecar']:,} closed by the sidecar",
+        kept["failed"] == 0 and kept["max_s"] is not None and kept["max_s"] < 1.0)
+    row("  the same, a new connection per call", "answered in < 1 s (through the listen queue)",
+        f"{fresh['calls'] - fresh['failed']}/{fresh['calls']} answered, p50 {fresh['p50_s']} s, "
+        f"max {fresh['max_s']} s, {fresh['over_1s']} over 1 s; load average {slow['load_average_1m'][-1]}, "
+        f"workers ran {'/'.join(map(str, slow['worker_cpu_s']))} s and waited for a CPU "
+        f"{'/'.join(map(str, slow['worker_waited_for_cpu_s']))} s",
+        fresh["failed"] == 0 and fresh["max_s"] is not None and fresh["max_s"] < 1.0)
+    return slow
+
+
 def run(args) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the fake upstream's access log
+    only = set(args.only.split(",")) if args.only else set(SCENARIOS)
+    if only - set(SCENARIOS):
+        raise SystemExit(f"--only takes {', '.join(SCENARIOS)}; got {', '.join(sorted(only - set(SCENARIOS)))}")
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-faults-"))
     fake = fake_mistral()
-    schema, why = postgres_url()
+    schema, why = postgres_url() if "outage" in only else (None, "not asked for")
     proxy = TcpProxy(("127.0.0.1", 5432)).start() if schema else None
     env = {"MISTRAL_API_BASE": fake.url, "MISTRAL_API_KEY": KEY, "SIDECAR_DB_PATH": str(tmp / "sidecar.sqlite3"),
            "SIDECAR_TOTAL_TIMEOUT": str(TOTAL_TIMEOUT), "SIDECAR_STREAM_IDLE_TIMEOUT": str(IDLE_TIMEOUT)}
+    if args.worker_connections:
+        env["SIDECAR_WORKER_CONNECTIONS"] = str(args.worker_connections)
     if schema:
         env["DATABASE_URL"] = (f"postgresql://postgres@127.0.0.1:{proxy.port}/test"
                                f"?options=-csearch_path%3D{schema}")
@@ -339,27 +257,21 @@ def run(args) -> int:
 
         migrate(make_engine(env["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://")))
     log_path = tmp / "sidecar.log"
+    slow = None
     try:
         with gunicorn_sidecar(env, workers=args.workers, log_path=log_path) as (url, process):
             print(f"{'':3} {'attack':<44} {'expected':<40} observed", flush=True)
-            input_attacks(url)
-            browser_attacks(url)
-            upstream_attacks(url, log_path)
-            workers = tree_pids(process.pid)  # the RSS delta is the workers': the master's does not move
-            slow = slow_headers(url, workers, args.slow_connections, args.slow_seconds)
-            kept, fresh = slow["kept_alive"], slow["fresh_connection"]
-            row(f"{slow['connections']:,} slow-header connections, {args.slow_seconds:g} s",
-                "a client's calls answered in < 1 s",
-                f"{kept['calls'] - kept['failed']}/{kept['calls']} answered, p50 {kept['p50_s']} s, max {kept['max_s']} s; "
-                f"{slow['held_peak']:,} held, {slow['closed_by_sidecar']:,} closed by the sidecar, "
-                f"{slow['kb_per_connection']} KB each",
-                kept["failed"] == 0 and kept["max_s"] is not None and kept["max_s"] < 1.0)
-            row("  the same, a new connection per call", "answered (after the accept queue)",
-                f"{fresh['calls'] - fresh['failed']}/{fresh['calls']} answered, p50 {fresh['p50_s']} s, "
-                f"max {fresh['max_s']} s, {fresh['over_1s']} over 1 s", fresh["failed"] == 0)
+            if "input" in only:
+                input_attacks(url)
+            if "browser" in only:
+                browser_attacks(url)
+            if "upstream" in only:
+                upstream_attacks(url, log_path)
+            if "flood" in only:
+                slow = flood_rows(url, process, args, log_path)
             if schema:
                 store_outage(url, proxy, schema, args.outage_seconds)
-            else:
+            elif "outage" in only:
                 row("store outage", "503 store_unavailable", f"skipped: PostgreSQL not reachable ({why})", True)
             text = log_path.read_text()
             row("the sidecar's log after all of it", "no traceback", f"{text.count('Traceback')} tracebacks",
@@ -382,6 +294,10 @@ def main(argv=None) -> int:
     parser.add_argument("--slow-seconds", type=float, default=40.0)
     parser.add_argument("--outage-seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--worker-connections", type=int, default=0,
+                        help="SIDECAR_WORKER_CONNECTIONS for the sidecar (default: its own); below the flood's "
+                             "share of a worker, the flood runs into the cap and the workers shed")
+    parser.add_argument("--only", default="", help=f"comma-separated scenarios among {', '.join(SCENARIOS)}")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "faults.json")
     return run(parser.parse_args(argv))
 
