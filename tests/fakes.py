@@ -56,6 +56,26 @@ TRANSCRIPT = {"model": "voxtral-mini-2602", "text": "bonjour", "language": "fr",
               "usage": {"prompt_audio_seconds": 90, "prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}
 
 
+def batch_output_line(custom_id: str, prompt=100, completion=50, model="mistral-small-2603", status=200) -> dict:
+    """One line of a chat batch job's output file, as Mistral writes it: the request's answer and usage."""
+    body = {"id": f"cmpl-{custom_id}", "object": "chat.completion", "model": model, "choices": [],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}}
+    return {"id": f"req-{custom_id}", "custom_id": custom_id, "response": {"status_code": status, "body": body},
+            "error": None}
+
+
+# Output lines of batch requests Mistral did not bill: one that failed, one refused with a 400.
+BATCH_FAILED = {"id": "req-x", "custom_id": "x", "response": None,
+                "error": {"message": "model overloaded", "code": 3900}}
+BATCH_REFUSED = {"id": "req-y", "custom_id": "y", "response": {"status_code": 400, "body": {"message": "bad request"}},
+                 "error": None}
+
+
+def jsonl(*lines) -> bytes:
+    """Objects (or raw bytes) as JSON Lines, each ended by a newline."""
+    return b"".join((raw if isinstance(raw, bytes) else json.dumps(raw).encode()) + b"\n" for raw in lines)
+
+
 def chat_events(n=3, model="mistral-small-latest", prompt=10, completion=None) -> list[bytes]:
     """``n`` data-only chat chunks, usage on the last, then ``[DONE]``, as Mistral frames them."""
     completion = n if completion is None else completion
