@@ -1,4 +1,4 @@
-"""The database schema as SQLAlchemy Core tables: ``keys`` (virtual keys) and ``spend_logs``.
+"""The database schema as SQLAlchemy Core tables: ``keys`` (virtual keys), ``spend_logs`` and ``batch_jobs``.
 
 Times are seconds since the epoch (UTC) in double-precision columns: they compare numerically the same
 way on SQLite and PostgreSQL, and the hot path never parses a timestamp string.
@@ -63,8 +63,27 @@ spend_logs = sa.Table(
     sa.Column("error", sa.String(255)),
     # Usage counted by the sidecar (a stream cut before its usage event, a dead worker's admission).
     sa.Column("estimated", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    # The batch job this record charges (migration 0004); null for a request's own record. Unique: a
+    # job's cost is recorded once, however many times or in however many workers its results are read.
+    sa.Column("batch_job", sa.String(64)),
 )
 sa.Index("ix_spend_logs_ts", spend_logs.c.ts)
 sa.Index("ix_spend_logs_key_hash", spend_logs.c.key_hash)
 sa.Index("ix_spend_logs_end_user", spend_logs.c.end_user)
 sa.Index("ix_spend_logs_model", spend_logs.c.model)
+sa.Index("ux_spend_logs_batch_job", spend_logs.c.batch_job, unique=True)
+
+# Batch jobs created through the sidecar: who to charge when their results are read (migration 0004).
+batch_jobs = sa.Table(
+    "batch_jobs",
+    metadata,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("key_hash", sa.String(64)),  # the key that created it; null: the master key (nobody to charge)
+    sa.Column("key_alias", sa.String(255)),
+    sa.Column("end_user", sa.String(256)),
+    sa.Column("model", sa.String(255)),
+    sa.Column("endpoint", sa.String(255)),
+    sa.Column("output_file", sa.String(64)),  # learnt from a read of the job that names it
+    sa.Column("created_at", sa.Double, nullable=False),
+)
+sa.Index("ix_batch_jobs_output_file", batch_jobs.c.output_file)
