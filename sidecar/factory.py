@@ -16,6 +16,7 @@ from sidecar.access.limits import Limits, RedisCounters, counters_for, journal_p
 from sidecar.accounting import metrics
 from sidecar.accounting import telemetry as observability
 from sidecar.accounting.accountant import Accountant
+from sidecar.accounting.batches import BatchLedger
 from sidecar.accounting.spend import SpendLog
 from sidecar.clock import SYSTEM, Clock
 from sidecar.core.pricing import PriceTable
@@ -89,7 +90,8 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
                               metrics=meter,
                               spend=spend_log, log_bodies=settings.log_bodies, clock=clock,
                               telemetry=telemetry or observability.for_settings(settings), redactor=redactor,
-                              output_reserve=settings.output_reserve),
+                              output_reserve=settings.output_reserve,
+                              batches=BatchLedger(engine, prices, spend=spend_log, clock=clock)),
         handlers=handlers,
         clock=clock,
         redactor=redactor,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 
+from sidecar.accounting.batches import DOWNLOAD
+from sidecar.accounting.batches import OPERATIONS as BATCH_OPERATIONS
 from sidecar.clock import SYSTEM, Clock
 from sidecar.core import estimate
 from sidecar.core import usage as usage_mod
@@ -30,7 +32,7 @@ class Accountant:
 
     def __init__(self, prices=None, limits=None, sinks=(), *, metrics=None,
                  spend=None, log_bodies=False, clock: Clock = SYSTEM, telemetry=None, redactor=None,
-                 output_reserve: int = 1024):
+                 output_reserve: int = 1024, batches=None):
         self.prices = prices
         self.telemetry = telemetry  # telemetry.Telemetry (OpenTelemetry spans and GenAI metrics), or None
         self.clock = clock
@@ -41,6 +43,7 @@ class Accountant:
         self.log_bodies = log_bodies  # prompts and answers in the log line: off unless asked for
         self.redactor = redactor  # core.redact.Redactor: secrets out of every log line and spend record
         self.output_reserve = output_reserve  # output tokens reserved when a request gives no max_tokens
+        self.batches = batches  # batches.BatchLedger: batch jobs' creators, and their cost once their results are read
         self._unpriced_warned: set[str] = set()
 
     def begin(self, ex: Exchange, headers) -> None:
@@ -86,7 +89,13 @@ class Accountant:
             return None
         return UsageWatcher(kind, ex.request_json)
 
+    def output_meter(self, ex: Exchange):
+        """For a relayed download of a batch job's output file: the meter that reads its usage, else None."""
+        return self.batches.output_meter(ex) if self.batches is not None and ex.operation_id == DOWNLOAD else None
+
     def account_body(self, ex: Exchange, content: bytes) -> None:
+        if self.batches is not None and ex.operation_id in BATCH_OPERATIONS:
+            self.batches.answered(ex, content)
         kind = usage_mod.kind_for(ex.operation_id)
         if kind == "none" or ex.status >= 400:
             return

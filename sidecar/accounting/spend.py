@@ -184,7 +184,7 @@ class SpendLog:
             if rows:
                 _insert_rows(connection, rows)
             for key_hash, (cost, duration) in charges.items():
-                connection.execute(_charge_statement(key_hash, cost, duration, now))
+                connection.execute(charge_statement(key_hash, cost, duration, now))
         if self.on_committed is not None:
             admissions = [admission for _row, _charge, admission in batch if admission is not None]
             keys = {row["key_hash"] for row, _charge, admission in batch if admission is not None and row}
@@ -328,7 +328,7 @@ def _insert_rows(connection, rows: list[dict]) -> None:
                                [tuple(row[name] for name in ROW_COLUMNS) for row in rows])
 
 
-def _charge_statement(key_hash: str, cost: float, duration: str | None, now: float):
+def charge_statement(key_hash: str, cost: float, duration: str | None, now: float):
     """Add ``cost`` to a key's spend, starting a new budget period first if the last one ended."""
     next_reset = now + parse_duration(duration, "budget_duration") if duration else None
     ended = sa.and_(keys_table.c.budget_reset_at.is_not(None), keys_table.c.budget_reset_at <= now)

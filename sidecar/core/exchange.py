@@ -49,6 +49,7 @@ class Exchange:
     deployment: str | None = None  # the deployment that answered (config name, provider or "default")
     priced_as: str | None = None  # the price table's name for what it bills, when not the model itself
     end_user: str | None = None
+    path_params: dict = field(default_factory=dict)  # the ids the path names (a file's, a job's)
     stream: bool = False
     status: int = 0
     request_json: object = None

@@ -117,6 +117,7 @@ class Pipeline:
             ex.operation_id, ex.stream = op.id, op.stream_twin or self._wants_stream(body)
             ex.end_user = self._take_end_user(op, body, headers)
             self._validate(op, path_params, body, req.args)
+            ex.path_params = path_params
             ex.model = self._model(op, body, path_params)  # the one place a request's model is settled
             ex.request_json = body.json
             if caller is not None:
@@ -320,19 +321,23 @@ class Pipeline:
 
     def _relay(self, ex: Exchange, upstream, scope: Scope, is_sse: bool, chunks=None) -> Response:
         meter = self.accountant.stream_meter(ex) if is_sse else None
+        outputs = None if is_sse else self.accountant.output_meter(ex)  # a batch job's results, read as relayed
 
         def finish(relay: RelayBody) -> None:
             scope.close()
             ex.error = relay.error or ex.error
             ex.first_chunk_at = relay.first_chunk_at
             self.accountant.finish(ex, meter)
+            if outputs is not None:
+                outputs.close(relay.complete)
 
         headers = self._relay_headers(ex, upstream, NO_STREAM_HEADERS if is_sse else frozenset())
         length = upstream.headers.get("Content-Length")
         if not is_sse and length and not upstream.headers.get("Content-Encoding"):
             headers.append(("Content-Length", length))
         closing = (lambda: self.accountant.cost_comment(ex, meter)) if meter is not None and ex.status < 400 else None
-        relay = RelayBody(upstream, chunks=chunks, on_chunk=meter.feed if meter else None, on_close=finish,
+        on_chunk = meter.feed if meter else outputs.feed if outputs else None
+        relay = RelayBody(upstream, chunks=chunks, on_chunk=on_chunk, on_close=finish,
                           is_sse=is_sse, closing=closing, clock=self.clock,
                           idle_timeout=self.settings.stream_idle_timeout if is_sse else None)
         return Response(relay, upstream.status_code, headers, direct_passthrough=True)

@@ -47,10 +47,11 @@ class RelayBody:
     """The WSGI iterable for a relayed body; ``on_chunk`` sees each chunk, ``on_close`` runs once.
     ``chunks`` continues a body the pipeline already started reading (default: read it from the start).
     ``closing`` is asked once, when the stream's last event is due, for bytes to send before it (the
-    cost comment); ``first_chunk_at`` is when the first chunk was relayed (time to first chunk)."""
+    cost comment); ``first_chunk_at`` is when the first chunk was relayed (time to first chunk);
+    ``complete`` says the upstream body was relayed to its end (not cut by either side)."""
 
     __slots__ = ("response", "chunks", "on_chunk", "on_close", "is_sse", "closing", "error", "first_chunk_at",
-                 "clock", "idle_timeout", "_closed", "_cut", "__weakref__")
+                 "clock", "idle_timeout", "complete", "_closed", "_cut", "__weakref__")
 
     def __init__(self, response: requests.Response, *, chunks=None, on_chunk=None, on_close=None,
                  is_sse: bool = False, closing=None, clock: Clock = SYSTEM, idle_timeout: float | None = None):
@@ -69,6 +70,7 @@ class RelayBody:
         self.idle_timeout = idle_timeout
         if idle_timeout is not None:
             _lower_read_timeout(response, idle_timeout)
+        self.complete = False
         self._closed = False
         self._cut = False
 
@@ -102,6 +104,7 @@ class RelayBody:
                             yield extra
                             chunk = chunk[at:]
                 yield chunk
+            self.complete = not self._cut
             if closing is not None and not self._cut:
                 extra = closing()
                 if extra:
