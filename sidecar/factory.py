@@ -10,8 +10,8 @@ from functools import lru_cache
 from flask import Flask
 
 from sidecar.access.auth import Authenticator
-from sidecar.access.keys import KeyStore
 from sidecar.access.journal import Journal
+from sidecar.access.keys import KeyStore
 from sidecar.access.limits import Limits, RedisCounters, counters_for, journal_path
 from sidecar.accounting import metrics
 from sidecar.accounting import telemetry as observability
