@@ -3,10 +3,11 @@
 Counters live outside the worker so that N workers enforce one limit, not N: ``LocalCounters`` is a
 SQLite file shared by the workers of one machine, ``RedisCounters`` (``REDIS_URL``) is shared by every
 instance. Each request of a virtual key is admitted there in one step that reserves its worst-case
-cost and tokens, settled to the real ones when it ends, and kept until its spend record is committed
-(``admission.py``). Each process beats every ``BEAT_SECONDS``; the in-flight requests of a process
-silent for ``OWNER_TTL`` stop holding their key's parallel slots, and the admissions of a dead one
-are swept into spend records at their estimated cost.
+cost and tokens, settled to the real ones when it ends, and kept until its spend record is committed;
+``admission.py`` decides, the counters only read and write, and a refusal becomes an error here.
+Each process beats every ``BEAT_SECONDS``; the in-flight requests of a process silent for
+``OWNER_TTL`` stop holding their key's parallel slots, and the admissions of a dead one are swept
+into spend records at their estimated cost.
 """
 
 from __future__ import annotations
@@ -19,7 +20,17 @@ import threading
 import uuid
 from pathlib import Path
 
-from sidecar.access.admission import Ask, Orphan
+from sidecar.access.admission import (
+    Ask,
+    Counters,
+    Orphan,
+    OverBudget,
+    OverParallel,
+    OverRpm,
+    OverTpm,
+    Refusal,
+    Stale,
+)
 from sidecar.access.keys import current_spend, iso
 from sidecar.access.local_counters import LocalCounters
 from sidecar.access.redis_counters import RedisCounters
@@ -62,7 +73,7 @@ class Limits:
     """``admit(ex, cost, tokens)`` refuses or admits an exchange and returns the callable that gives its
     admission back if the exchange will never be recorded; ``record`` (an accountant sink) settles it."""
 
-    def __init__(self, counters, *, clock: Clock = SYSTEM, exempt=frozenset(), spend=None, journal=None):
+    def __init__(self, counters: Counters, *, clock: Clock = SYSTEM, exempt=frozenset(), spend=None, journal=None):
         self.counters = counters
         # journal.Journal: where the admissions of callers without limits are remembered (one write
         # each, nothing shared); None: in the counters like the rest (tests of the counters alone).
@@ -102,12 +113,12 @@ class Limits:
                 ask.epoch, ask.committed = self._committed_spend(caller)
                 if attempt == 3:  # the key's records keep landing: take the spend just read as it is
                     ask.epoch = None
-            refused, detail = self.counters.admit(ask, window=WINDOW)
-            if refused != "stale":
+            refusal = self.counters.admit(ask, window=WINDOW)
+            if not isinstance(refusal, Stale):
                 break
-            self._committed[caller.key_hash] = (detail, self._read_spend(caller), self.clock.monotonic())
-        if refused is not None:
-            self._refuse(refused, detail, ask, limits)
+            self._committed[caller.key_hash] = (refusal.epoch, self._read_spend(caller), self.clock.monotonic())
+        if refusal is not None:
+            self._refuse(refusal, ask, limits)
         ex.admission = ask.id
         ex.settles = budget is not None or ask.tpm is not None or ask.parallel is not None
         released = []
@@ -134,23 +145,25 @@ class Limits:
             return self.spend(caller.key_hash)
         return current_spend(caller.limits or {}, self.clock.wall())
 
-    def _refuse(self, refused: str, detail, ask: Ask, limits: dict):
-        if refused in ("budget", "stale"):
-            spend = detail if refused == "budget" else ask.committed
-            period = f" for the period ending {iso(limits['budget_reset_at'])}" if limits.get("budget_duration") else ""
-            reserve = f" This request reserves up to ${ask.cost:.6f}." if ask.cost else ""
-            raise BudgetExceeded(f"Budget exceeded: this key has spent ${spend:.6f} of its max_budget "
-                                 f"${ask.budget:.6f}{period}, counting requests in flight.{reserve}")
-        if refused == "tpm":
-            used, oldest = detail
-            raise RateLimited(f"Rate limit: this key used {used} of its {ask.tpm} tokens per minute "
-                              f"(this request reserves {ask.tokens}).",
-                              code="tpm_limit_exceeded", retry_after=self._wait(oldest))
-        if refused == "parallel":
-            raise RateLimited(f"Parallel limit: this key may have {ask.parallel} requests in flight.",
-                              code="parallel_limit_exceeded", retry_after=1)
-        raise RateLimited(f"Rate limit: this key may send {ask.rpm} requests per minute.",
-                          code="rpm_limit_exceeded", retry_after=_ceil(detail))
+    @staticmethod
+    def _refuse(refusal: Refusal, ask: Ask, limits: dict):
+        match refusal:
+            case OverTpm(used, wait):
+                raise RateLimited(f"Rate limit: this key used {used} of its {ask.tpm} tokens per minute "
+                                  f"(this request reserves {ask.tokens}).",
+                                  code="tpm_limit_exceeded", retry_after=_ceil(wait))
+            case OverParallel():
+                raise RateLimited(f"Parallel limit: this key may have {ask.parallel} requests in flight.",
+                                  code="parallel_limit_exceeded", retry_after=1)
+            case OverRpm(wait):
+                raise RateLimited(f"Rate limit: this key may send {ask.rpm} requests per minute.",
+                                  code="rpm_limit_exceeded", retry_after=_ceil(wait))
+        # OverBudget, or Stale (never after the last attempt, which takes the spend as it is)
+        spend = refusal.spend if isinstance(refusal, OverBudget) else ask.committed
+        period = f" for the period ending {iso(limits['budget_reset_at'])}" if limits.get("budget_duration") else ""
+        reserve = f" This request reserves up to ${ask.cost:.6f}." if ask.cost else ""
+        raise BudgetExceeded(f"Budget exceeded: this key has spent ${spend:.6f} of its max_budget "
+                             f"${ask.budget:.6f}{period}, counting requests in flight.{reserve}")
 
     def record(self, ex) -> None:
         """Accountant sink: the exchange ended, its real cost and tokens replace its reservation."""
@@ -191,9 +204,6 @@ class Limits:
             used = self.counters.total(f"{kind}:{key_hash}", WINDOW)[0] if limit is not None else None
             shown[kind] = {"used": used, "limit": limit, "window_seconds": WINDOW}
         return shown
-
-    def _wait(self, oldest: float | None) -> int:
-        return _ceil((oldest + WINDOW - self.clock.wall()) if oldest is not None else WINDOW)
 
     # -- heartbeat and sweep ----------------------------------------------------------------------------
     def start(self) -> None:

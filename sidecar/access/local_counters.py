@@ -4,6 +4,7 @@ of one machine.
 Each operation is one short ``BEGIN IMMEDIATE`` transaction (tens of microseconds) whose cost does
 not grow with the traffic in the window (running totals, not sums over entries). ``synchronous=OFF``:
 a committed transaction survives the death of any process (SIGKILL, OOM), only a power cut loses it.
+An admission reads the key's counters, calls ``admission.decide`` and writes, all in one transaction.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from sidecar.access.admission import Ask, Orphan
+from sidecar.access.admission import Ask, Counter, KeyState, Orphan, Refusal, decide
 from sidecar.clock import SYSTEM, Clock
 
 
@@ -139,46 +140,43 @@ class LocalCounters:
         self._transaction(lambda db, now: db.execute("DELETE FROM leases WHERE id = ?", (lease,)))
 
     # -- admissions -------------------------------------------------------------------------------------
-    def admit(self, ask: Ask, *, window: float):
-        """Budget, tpm, parallel and rpm of one request checked, and its admission written, in one transaction.
-
-        Returns ``(None, None)`` when admitted, else ``("stale", epoch)`` (re-read the key's committed
-        spend and ask again), ``("budget", spend)``, ``("tpm", (used, oldest))``, ``("parallel", None)``
-        or ``("rpm", seconds to wait)``; a refused request writes nothing.
-        """
-        key = ask.key
+    def admit(self, ask: Ask, *, window: float) -> Refusal | None:
+        """Read the key's counters, ``decide``, and write the admission if admitted: one transaction, so
+        no other worker reads or writes the key in between. A refused request writes nothing."""
+        counted = {bound.counter for bound in ask.bounds()}
 
         def work(db, now):
-            if ask.budget is not None:
-                found = db.execute("SELECT n FROM epochs WHERE key = ?", (key,)).fetchone()
-                epoch = found[0] if found else 0
-                if ask.epoch is not None and epoch != ask.epoch:
-                    return "stale", epoch
-                (held,) = db.execute("SELECT COALESCE(SUM(amount), 0) FROM admissions WHERE key = ?",
-                                     (key,)).fetchone()
-                spend = ask.committed + held
-                if not ask.fits_budget(spend):
-                    return "budget", spend
-            if ask.tpm is not None:
-                used, oldest = self._window(db, f"tpm:{key}", now, window)
-                if not ask.fits_tpm(used):
-                    return "tpm", (used, oldest)
-            if ask.parallel is not None:
-                (inflight,) = db.execute(
-                    "SELECT COUNT(*) FROM admissions a JOIN owners o ON o.id = a.owner "
-                    "WHERE a.key = ? AND a.inflight = 1 AND o.expires > ?", (key, now)).fetchone()
-                if inflight >= ask.parallel:
-                    return "parallel", None
-            if ask.rpm is not None:
-                wait = self._take(db, f"rpm:{key}", ask.rpm, now, window)
-                if wait is not None:
-                    return "rpm", wait
-            entry = self._hit(db, f"tpm:{key}", now, ask.tokens) if ask.tpm is not None and ask.tokens else None
-            db.execute("INSERT INTO admissions (id, owner, key, amount, tokens, tpm_entry, inflight, settled, record) "
-                       "VALUES (?, ?, ?, ?, ?, ?, 1, 0, ?)",
-                       (ask.id, ask.owner, key, ask.cost, ask.tokens, entry, ask.record))
-            return None, None
+            refusal = decide(ask, self._state(db, ask.key, counted, now, window), window)
+            if refusal is None:
+                self._write(db, ask, counted, now)
+            return refusal
         return self._transaction(work)
+
+    def _state(self, db, key: str, counted: set[Counter], now: float, window: float) -> KeyState:
+        read: dict = {}
+        if Counter.EPOCH in counted:
+            found = db.execute("SELECT n FROM epochs WHERE key = ?", (key,)).fetchone()
+            read["epoch"] = found[0] if found else 0
+        if Counter.HELD in counted:
+            (read["held"],) = db.execute("SELECT COALESCE(SUM(amount), 0) FROM admissions WHERE key = ?",
+                                         (key,)).fetchone()
+        if Counter.TPM in counted:
+            read["tpm"], read["tpm_oldest"] = self._window(db, f"tpm:{key}", now, window)
+        if Counter.INFLIGHT in counted:
+            (read["inflight"],) = db.execute(
+                "SELECT COUNT(*) FROM admissions a JOIN owners o ON o.id = a.owner "
+                "WHERE a.key = ? AND a.inflight = 1 AND o.expires > ?", (key, now)).fetchone()
+        if Counter.RPM in counted:
+            read["rpm"], read["rpm_oldest"] = self._window(db, f"rpm:{key}", now, window)
+        return KeyState(now, **read)
+
+    def _write(self, db, ask: Ask, counted: set[Counter], now: float) -> None:
+        if Counter.RPM in counted:
+            self._hit(db, f"rpm:{ask.key}", now, 1)
+        entry = self._hit(db, f"tpm:{ask.key}", now, ask.tokens) if Counter.TPM in counted and ask.tokens else None
+        db.execute("INSERT INTO admissions (id, owner, key, amount, tokens, tpm_entry, inflight, settled, record) "
+                   "VALUES (?, ?, ?, ?, ?, ?, 1, 0, ?)",
+                   (ask.id, ask.owner, ask.key, ask.cost, ask.tokens, entry, ask.record))
 
     def settle(self, admission: str, cost: float, tokens: int, tpm: bool, window: float) -> None:
         """The answer ended: its real cost replaces the reservation, its tokens the reserved ones."""

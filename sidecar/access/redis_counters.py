@@ -2,7 +2,8 @@
 
 Lua runs atomically in Redis and reads Redis's own clock, so instances with skewed clocks agree. An
 admission touches several keys in one script (the key's admissions, windows and epoch, and the
-owners' heartbeats), so it needs one Redis primary, not a Redis Cluster spread over slots.
+owners' heartbeats), so it needs one Redis primary, not a Redis Cluster spread over slots. The
+admission script only reads, compares with the bounds ``admission.py`` computed, and writes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from sidecar.access.admission import EPSILON, Ask, Orphan
+from sidecar.access.admission import Ask, KeyState, Orphan, Refusal
 from sidecar.core.errors import ServiceUnavailable
 
 log = logging.getLogger("sidecar.access.limits")
@@ -55,60 +56,58 @@ redis.call('ZADD', KEYS[1], now + lease_seconds, ARGV[3])
 redis.call('PEXPIRE', KEYS[1], math.ceil(lease_seconds * 1000))
 return 1
 """
+# The storage steps of ``LocalCounters.admit``: read the counters the ask is counted in, compare each
+# with its bound (first over it: its 1-based index, nothing written), else write the admission.
 # KEYS: epoch, admissions of the key, tpm window, rpm window, owners, records, index.
+# ARGV: id, owner, cost, tokens, record, window, key, then the bounds as (counter, most) pairs.
 # An admission is the hash field id -> "amount|tokens|inflight|settled|owner|tpm member".
 _ADMIT = _NOW + _SUM + """
-local id, owner, cost, tokens, record = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local budget, committed, epoch = ARGV[6], tonumber(ARGV[7]), ARGV[8]
-local tpm, parallel, rpm, window, eps = ARGV[9], ARGV[10], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
-if budget ~= '' then
-  budget = tonumber(budget)
-  local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if epoch ~= '' and current ~= tonumber(epoch) then return {'stale', tostring(current)} end
-  local held = 0
+local id, owner, cost, tokens, record, window = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local counted = {}
+for i = 8, #ARGV, 2 do counted[ARGV[i]] = true end
+local state, oldest = {epoch = 0, held = 0, tpm = 0, inflight = 0, rpm = 0}, {tpm = '', rpm = ''}
+if counted.epoch then state.epoch = tonumber(redis.call('GET', KEYS[1]) or '0') end
+if counted.held or counted.inflight then
   for _, value in ipairs(redis.call('HVALS', KEYS[2])) do
-    held = held + tonumber(string.match(value, '^([^|]+)'))
-  end
-  local spend = committed + held
-  if not (spend < budget - eps and spend + cost <= budget + eps) then return {'budget', tostring(spend)} end
-end
-if tpm ~= '' then
-  local limit = tonumber(tpm)
-  local used, oldest = window_sum(KEYS[3], window)
-  if not (used < limit and (used + tokens <= limit or used == 0)) then
-    return {'tpm', tostring(used), oldest or ''}
-  end
-end
-if parallel ~= '' then
-  local inflight = 0
-  for _, value in ipairs(redis.call('HVALS', KEYS[2])) do
-    local _a, _t, live, _s, holder = string.match(value, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)')
-    if live == '1' then
+    local amount, _t, live, _s, holder = string.match(value, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)')
+    state.held = state.held + tonumber(amount)
+    if counted.inflight and live == '1' then
       local beat = redis.call('ZSCORE', KEYS[5], holder)
-      if beat and tonumber(beat) > now then inflight = inflight + 1 end
+      if beat and tonumber(beat) > now then state.inflight = state.inflight + 1 end
     end
   end
-  if inflight >= tonumber(parallel) then return {'parallel'} end
 end
-if rpm ~= '' then
+if counted.tpm then
+  local used, first = window_sum(KEYS[3], window)
+  state.tpm, oldest.tpm = used, first or ''
+end
+if counted.rpm then
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - window)
-  if redis.call('ZCARD', KEYS[4]) >= tonumber(rpm) then
-    local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-    return {'rpm', tostring(tonumber(oldest[2]) + window - now)}
+  state.rpm = redis.call('ZCARD', KEYS[4])
+  oldest.rpm = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')[2] or ''
+end
+local over = 0
+for i = 8, #ARGV, 2 do
+  if state[ARGV[i]] > tonumber(ARGV[i + 1]) then over = (i - 6) / 2; break end
+end
+if over == 0 then
+  if counted.rpm then
+    redis.call('ZADD', KEYS[4], now, id)
+    redis.call('PEXPIRE', KEYS[4], math.ceil(window * 1000))
   end
-  redis.call('ZADD', KEYS[4], now, id)
-  redis.call('PEXPIRE', KEYS[4], math.ceil(window * 1000))
+  local member = ''
+  if counted.tpm and tokens > 0 then
+    member = id .. ':' .. tokens
+    redis.call('ZADD', KEYS[3], now, member)
+    redis.call('PEXPIRE', KEYS[3], math.ceil(window * 1000))
+  end
+  redis.call('HSET', KEYS[2], id, cost .. '|' .. tokens .. '|1|0|' .. owner .. '|' .. member)
+  redis.call('HSET', KEYS[6], id, record)
+  redis.call('HSET', KEYS[7], id, ARGV[7])
 end
-local member = ''
-if tpm ~= '' and tokens > 0 then
-  member = id .. ':' .. tokens
-  redis.call('ZADD', KEYS[3], now, member)
-  redis.call('PEXPIRE', KEYS[3], math.ceil(window * 1000))
-end
-redis.call('HSET', KEYS[2], id, cost .. '|' .. tokens .. '|1|0|' .. owner .. '|' .. member)
-redis.call('HSET', KEYS[6], id, record)
-redis.call('HSET', KEYS[7], id, ARGV[14])
-return {'ok'}
+-- Floats as text: a Lua number in a reply is cut to an integer, and tostring keeps only 14 digits.
+local function exact(x) return string.format('%.17g', x) end
+return {over, exact(now), state.epoch, exact(state.held), state.tpm, oldest.tpm, state.inflight, state.rpm, oldest.rpm}
 """
 # KEYS: admissions of the key, tpm window. ARGV: id, cost, tokens, tpm ('1' or ''), window.
 _SETTLE = _NOW + """
@@ -199,25 +198,20 @@ class RedisCounters:
         return [f"{p}epoch:{key}", f"{p}admitted:{key}", f"{p}tpm:{key}", f"{p}rpm:{key}",
                 self._owners, self._records, self._index]
 
-    def admit(self, ask: Ask, *, window: float):
-        """``LocalCounters.admit`` in one script."""
-        def opt(value):
-            return "" if value is None else value
-        answer = self._run(self._admit, self._keys(ask.key), [
-            ask.id, ask.owner, repr(ask.cost), ask.tokens, ask.record, opt(ask.budget), repr(ask.committed),
-            opt(ask.epoch), opt(ask.tpm), opt(ask.parallel), opt(ask.rpm), window, EPSILON, ask.key])
-        verdict = answer[0].decode()
-        if verdict == "ok":
-            return None, None
-        if verdict == "stale":
-            return "stale", int(answer[1])
-        if verdict == "budget":
-            return "budget", float(answer[1])
-        if verdict == "tpm":
-            return "tpm", (int(answer[1]), float(answer[2]) if answer[2] else None)
-        if verdict == "rpm":
-            return "rpm", float(answer[1])
-        return "parallel", None
+    def admit(self, ask: Ask, *, window: float) -> Refusal | None:
+        """``LocalCounters.admit`` in one script, so one round trip: the script compares the counters with
+        ``ask.bounds()``, and the ask says what the first one over its bound means."""
+        bounds = ask.bounds()
+        args = [ask.id, ask.owner, repr(ask.cost), ask.tokens, ask.record, window, ask.key]
+        for bound in bounds:
+            args += [bound.counter.value, repr(float(bound.most))]
+        over, now, epoch, held, tpm, tpm_oldest, inflight, rpm, rpm_oldest = self._run(
+            self._admit, self._keys(ask.key), args)
+        if not over:
+            return None
+        state = KeyState(float(now), int(epoch), float(held), int(tpm), _seconds(tpm_oldest), int(inflight),
+                         int(rpm), _seconds(rpm_oldest))
+        return ask.refusal(bounds[over - 1].counter, state, window)
 
     def settle(self, admission: str, cost: float, tokens: int, tpm: bool, window: float) -> None:
         key = self._key_of(admission)
@@ -312,3 +306,7 @@ class RedisCounters:
                 claimed.append(Orphan(admission, key, float(amount), int(tokens), settled == "1",
                                       record.decode() if record else "{}"))
         return claimed
+
+
+def _seconds(text: bytes) -> float | None:
+    return float(text) if text else None

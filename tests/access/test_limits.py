@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from sidecar.access.admission import Ask
+from sidecar.access.admission import Ask, OverBudget, OverParallel, OverRpm, OverTpm, Stale
 from sidecar.access.auth import Caller
 from sidecar.access.limits import Limits, LocalCounters, RedisCounters, local_counters_path
 from sidecar.clock import FakeClock
@@ -180,23 +180,29 @@ def _ask(key="k", **fields) -> Ask:
 def test_one_admission_takes_the_slot_and_the_hit_together_or_neither(two_counters):
     a, b = two_counters
     a.beat("o1", 1, "here", 60)
-    assert a.admit(_ask(parallel=5, rpm=1), window=60) == (None, None)
-    assert b.admit(_ask(parallel=5, rpm=1), window=60) == ("rpm", pytest.approx(60, abs=2))
-    assert b.admit(_ask(parallel=2), window=60) == (None, None)  # one slot held by the first, none by the refused
-    assert a.admit(_ask(parallel=2), window=60) == ("parallel", None)
+    assert a.admit(_ask(parallel=5, rpm=1), window=60) is None
+    assert b.admit(_ask(parallel=5, rpm=1), window=60) == OverRpm(wait=pytest.approx(60, abs=2))
+    assert b.admit(_ask(parallel=2), window=60) is None  # one slot held by the first, none by the refused
+    assert a.admit(_ask(parallel=2), window=60) == OverParallel()
     a.add("tpm:k", 50, 60)
-    assert b.admit(_ask(tpm=50), window=60)[0] == "tpm"
+    assert isinstance(b.admit(_ask(tpm=50), window=60), OverTpm)
 
 
 def test_budget_admission_asks_again_when_the_keys_records_moved(two_counters):
     a, b = two_counters
     a.beat("o1", 1, "here", 60)
-    verdict, epoch = a.admit(_ask(budget=1.0, epoch=-1), window=60)
-    assert verdict == "stale"
-    assert a.admit(_ask(budget=1.0, epoch=epoch, cost=0.5), window=60) == (None, None)
-    assert b.admit(_ask(budget=1.0, epoch=epoch, cost=0.6), window=60) == ("budget", pytest.approx(0.5))
+    stale = a.admit(_ask(budget=1.0, epoch=-1), window=60)
+    assert isinstance(stale, Stale)
+    assert a.admit(_ask(budget=1.0, epoch=stale.epoch, cost=0.5), window=60) is None
+    assert b.admit(_ask(budget=1.0, epoch=stale.epoch, cost=0.6), window=60) == OverBudget(pytest.approx(0.5))
     b.recorded([], {"k"})  # another worker wrote the key's records: its committed spend moved
-    assert a.admit(_ask(budget=1.0, epoch=epoch, cost=0.1), window=60) == ("stale", epoch + 1)
+    assert a.admit(_ask(budget=1.0, epoch=stale.epoch, cost=0.1), window=60) == Stale(stale.epoch + 1)
+
+
+def test_a_limit_of_nothing_refuses_everything_with_a_minute_to_wait(two_counters):
+    a, _ = two_counters
+    assert a.admit(_ask(rpm=0), window=60) == OverRpm(60)  # Redis's script used to fail here: a 503
+    assert a.admit(_ask(tpm=0, tokens=5), window=60) == OverTpm(0, 60)
 
 
 def _admit_and_hang(counters_factory, ready) -> None:

@@ -1,5 +1,6 @@
-"""Money under gunicorn (2 gevent workers, the shared limits file): bursts and sequences of requests
-against a budget and a tpm limit, and SIGKILL of both workers mid-load with every answer recorded.
+"""Money under gunicorn (2 gevent workers): bursts and sequences of requests against a budget and a
+tpm limit, counted in the shared limits file and in Redis, and SIGKILL of both workers mid-load with
+every answer recorded.
 
 The figures the issue set: 100 parallel ~$0.0002 streams against a $0.001 budget spend at most
 1.25x the budget; 40 sequential requests are admitted exactly while spend + reservation fits; 100
@@ -24,6 +25,7 @@ from werkzeug.wrappers import Response
 from sidecar.core import estimate
 
 from ..conftest import MISTRAL_KEY
+from ..databases import redis_url
 from ..fakes import chat_body, chat_events
 from ..servers import children, gunicorn_sidecar
 
@@ -52,11 +54,17 @@ def _fake_chat(fake, completion=COMPLETION, events=8, delay=0.05):
     fake.on("POST", "/v1/chat/completions", answer)
 
 
+@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
+def limiter(request) -> str:
+    """Where the limits are counted: the shared SQLite file of the machine, or Redis (REDIS_URL)."""
+    return redis_url() if request.param == "redis" else ""
+
+
 @pytest.fixture
-def sidecar(fake, tmp_path):
+def sidecar(fake, tmp_path, limiter):
     _fake_chat(fake)
     env = {"MISTRAL_API_BASE": fake.url, "MISTRAL_API_KEY": MISTRAL_KEY, "SIDECAR_MASTER_KEY": MASTER,
-           "SIDECAR_DB_PATH": str(tmp_path / "sidecar.sqlite3")}
+           "SIDECAR_DB_PATH": str(tmp_path / "sidecar.sqlite3"), "REDIS_URL": limiter}
     with gunicorn_sidecar(env, workers=2, log_path=tmp_path / "sidecar.log") as (url, process):
         yield url, process
 
@@ -73,6 +81,10 @@ def _spend(url, key) -> float:
     return info.json()["info"]["spend"]
 
 
+def _name(limiter: str) -> str:
+    return "redis" if limiter else "sqlite"
+
+
 def _call(url, key, body) -> int:
     with requests.post(url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"},
                        stream=True, timeout=60) as response:
@@ -81,29 +93,29 @@ def _call(url, key, body) -> int:
         return response.status_code
 
 
-def test_a_burst_of_streams_spends_at_most_its_budget(sidecar):
+def test_a_burst_of_streams_spends_at_most_its_budget(sidecar, limiter):
     url, _process = sidecar
     key = _key(url, max_budget=0.001)
     with ThreadPoolExecutor(100) as pool:
         statuses = list(pool.map(lambda _: _call(url, key, {**BODY, "stream": True}), range(100)))
     assert set(statuses) <= {200, 400}
     spend = _spend(url, key)
-    print(f"burst: {statuses.count(200)} of 100 admitted, spend ${spend:.6f} = {spend / 0.001:.2f}x the budget")
+    print(f"burst ({_name(limiter)}): {statuses.count(200)} of 100 admitted, spend ${spend:.6f} = {spend / 0.001:.2f}x the budget")
     assert 1 <= statuses.count(200) <= 5 and spend <= 1.25 * 0.001
 
 
-def test_sequential_requests_are_admitted_exactly_while_spend_and_reservation_fit(sidecar):
+def test_sequential_requests_are_admitted_exactly_while_spend_and_reservation_fit(sidecar, limiter):
     url, _process = sidecar
     key = _key(url, max_budget=0.001)
     statuses = [_call(url, key, BODY) for _ in range(40)]
     reserve = (estimate.prompt_tokens(BODY) * 0.15 + COMPLETION * 0.6) / 1e6
     fits = int((0.001 - reserve) // COST) + 1
-    print(f"sequential: {statuses.count(200)} of 40 admitted, {fits} fit (cost ${COST:.7f}, reserve ${reserve:.7f})")
+    print(f"sequential ({_name(limiter)}): {statuses.count(200)} of 40 admitted, {fits} fit (cost ${COST:.7f}, reserve ${reserve:.7f})")
     assert statuses == [200] * fits + [400] * (40 - fits)
     assert _spend(url, key) == pytest.approx(fits * COST) and fits * COST <= 0.001
 
 
-def test_a_tpm_limit_holds_against_a_burst_of_long_streams(sidecar, fake):
+def test_a_tpm_limit_holds_against_a_burst_of_long_streams(sidecar, fake, limiter):
     url, _process = sidecar
     _fake_chat(fake, completion=630)  # 640 tokens each with the prompt
     key = _key(url, tpm_limit=1000)
@@ -111,10 +123,11 @@ def test_a_tpm_limit_holds_against_a_burst_of_long_streams(sidecar, fake):
             "stream": True}
     with ThreadPoolExecutor(100) as pool:
         statuses = list(pool.map(lambda _: _call(url, key, body), range(100)))
-    print(f"tpm: {statuses.count(200)} of 100 admitted")
+    print(f"tpm ({_name(limiter)}): {statuses.count(200)} of 100 admitted")
     assert set(statuses) <= {200, 429} and 1 <= statuses.count(200) <= 3
 
 
+@pytest.mark.parametrize("limiter", ["local"], indirect=True)  # Redis's sweep: tests/access/test_limits.py
 @pytest.mark.parametrize("limits", [{}, {"max_budget": 1000.0}], ids=["journal", "counters"])
 def test_sigkill_of_both_workers_mid_load_leaves_no_answered_request_without_a_record(sidecar, tmp_path, limits):
     """A key without limits is admitted in its worker's journal, one with a budget in the shared counters."""
