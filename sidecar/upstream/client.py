@@ -106,11 +106,38 @@ def _still_open(sock) -> bool:
     return not poller.poll(0)
 
 
-class _Connection(HTTPConnection):
+ONE_SEND_MAX = 64 * 1024  # bodies up to this size go out with the request's header block
+
+
+class _OneSend:
+    """A request's header block and its body (bytes of a known length, up to ``ONE_SEND_MAX``) leave in
+    one ``send``: urllib3 sends them in two, each a syscall that delivers a segment (on loopback, in the
+    sender's time), and a second packet for the upstream to wake up for. Larger bodies are not copied."""
+
+    _with_headers: bytes | None = None
+
+    def request(self, method, url, body=None, headers=None, **kwargs):
+        if (isinstance(body, (bytes, bytearray)) and 0 < len(body) <= ONE_SEND_MAX and headers is not None
+                and "Content-Length" in headers):
+            self._with_headers, body = bytes(body), None
+        try:
+            return super().request(method, url, body, headers, **kwargs)
+        finally:
+            self._with_headers = None
+
+    def send(self, data) -> None:
+        body = self._with_headers
+        if body is not None and isinstance(data, bytes):
+            self._with_headers = None
+            data += body
+        super().send(data)
+
+
+class _Connection(_OneSend, HTTPConnection):
     is_connected = property(lambda self: _still_open(self.sock))
 
 
-class _TLSConnection(HTTPSConnection):
+class _TLSConnection(_OneSend, HTTPSConnection):
     is_connected = property(lambda self: _still_open(self.sock))
 
 
