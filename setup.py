@@ -1,4 +1,4 @@
-"""Build hook: the wheel carries openapi.yaml, spec/ and contracts/ from the top of the checkout.
+"""Build hook: the wheel carries openapi.yaml (and its kept parse), spec/ and contracts/ from the top of the checkout.
 
 They stay where people edit them (one source); the build copies them into ``sidecar/_shipped/`` of the
 wheel, where ``sidecar.shipped`` finds them once installed. An editable install reads them in place.
@@ -11,7 +11,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
-SHIPPED = ("openapi.yaml", "spec", "contracts")  # keep in step with MANIFEST.in and sidecar/shipped.py
+SHIPPED = ("openapi.yaml", "openapi.parsed.json", "spec", "contracts")  # keep in step with MANIFEST.in and sidecar/shipped.py
 
 
 class BuildWithShipped(build_py):

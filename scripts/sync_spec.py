@@ -19,6 +19,8 @@ from urllib.parse import quote
 
 import yaml
 
+from sidecar.core.spec import write_parsed
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_UPSTREAM = REPO.parent / "shared" / "reference" / "mistral-openapi.yaml"
 DEFAULT_FRAGMENT = REPO / "spec" / "sidecar.yaml"
@@ -465,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.out.name} is up to date")
         return 0
     args.out.write_text(text, encoding="utf-8")
-    print(f"wrote {args.out} ({len(text.encode())} bytes)")
+    print(f"wrote {args.out} ({len(text.encode())} bytes) and {write_parsed(args.out).name}")
     return 0
 
 

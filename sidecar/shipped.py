@@ -1,4 +1,4 @@
-"""Where the files shipped beside the code live: ``openapi.yaml``, ``spec/`` and ``contracts/``.
+"""Where the files shipped beside the code live: ``openapi.yaml`` (and its parse), ``spec/``, ``contracts/``.
 
 In a checkout (and an editable install) they are the top-level files; the wheel carries copies made by the
 build (``setup.py``) under ``sidecar/_shipped/``. This is the one place that knows both layouts.

@@ -22,7 +22,7 @@ from .conftest import ROOT
 from .servers import free_port, wait_until_up
 
 MASTER = "sk-install-master-0123456789"
-SHIPPED = ("openapi.yaml", "spec", "contracts")
+SHIPPED = ("openapi.yaml", "openapi.parsed.json", "spec", "contracts")
 
 
 def _files(top: Path) -> set[str]:

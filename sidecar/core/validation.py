@@ -317,8 +317,8 @@ def load_compiled(path: Path | str) -> tuple[Spec, dict[str, RequestValidator]]:
     """The spec table and its validators for ``path``, built once per process and file version.
 
     Immutable, so every app of a process shares them; the gunicorn master builds them before it
-    forks (gunicorn_conf.on_starting), so workers start without the ~1.5 s YAML parse and share
-    those ~80 MB copy-on-write instead of each holding its own.
+    forks (gunicorn_conf.on_starting), so workers share those ~35 MB copy-on-write instead of each
+    holding its own (the document comes from the YAML's kept parse: ``spec.load_document``).
     """
     path = Path(path).resolve()
     return _compiled(path, path.stat().st_mtime)
