@@ -48,6 +48,19 @@ def test_a_new_sqlite_file_is_migrated_at_start_up_once_even_by_racing_workers(t
         assert connection.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
 
 
+def test_a_worker_checks_a_current_schema_without_importing_alembic(tmp_path):
+    """The head is read from the migration scripts, as Alembic reads it; Alembic is imported only to migrate."""
+    from alembic.script import ScriptDirectory
+
+    assert store.head_revision() == ScriptDirectory.from_config(store._config(None)).get_current_head()
+    path = tmp_path / "current.sqlite3"
+    assert store.migrate(store.make_engine(f"sqlite:///{path}")) == store.head_revision()
+    probe = ("import sys; from pathlib import Path; from sidecar import store; from sidecar.settings import Settings; "
+             f"store.open_engine(Settings(db_path=Path({str(path)!r}))); print('alembic' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]
+
+
 @pytest.mark.postgres
 def test_postgres_is_migrated_by_the_release_command_not_at_start_up(tmp_path):
     with postgres_schema() as url:
