@@ -34,7 +34,7 @@ local function window_sum(key, window)
   local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
   local used, oldest = 0, false
   for i = 1, #entries, 2 do
-    used = used + tonumber(string.match(entries[i], ':(%d+)$'))
+    used = used + tonumber(string.match(entries[i], ':(%d+)$') or '1')  -- an rpm entry (a bare id) weighs one
     if not oldest then oldest = entries[i + 1] end
   end
   return used, oldest

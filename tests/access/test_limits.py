@@ -205,6 +205,14 @@ def test_a_limit_of_nothing_refuses_everything_with_a_minute_to_wait(two_counter
     assert a.admit(_ask(tpm=0, tokens=5), window=60) == OverTpm(0, 60)
 
 
+def test_what_a_key_used_of_its_minute_is_read_from_either_store(two_counters):
+    """``/key/info`` reads the rpm and tpm windows the admissions wrote (Redis's rpm window used to fail)."""
+    a, b = two_counters
+    assert a.admit(_ask(rpm=5, tpm=100, tokens=10), window=60) is None
+    assert b.admit(_ask(rpm=5, tpm=100, tokens=5), window=60) is None
+    assert a.total("rpm:k", 60)[0] == 2 and b.total("tpm:k", 60)[0] == 15
+
+
 def _admit_and_hang(counters_factory, ready) -> None:
     limits = Limits(counters_factory())
     limits.admit(_exchange(max_parallel_requests=1, max_budget=1.0), cost=0.25, tokens=100)
