@@ -1,4 +1,4 @@
-"""The limits file: windows, leases, admissions and worker heartbeats in SQLite, shared by the workers
+"""The limits file: windows, admissions and worker heartbeats in SQLite, shared by the workers
 of one machine.
 
 Each operation is one short ``BEGIN IMMEDIATE`` transaction (tens of microseconds) whose cost does
@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import uuid
 from pathlib import Path
 
 from sidecar.access.admission import Ask, Counter, KeyState, Orphan, Refusal, decide
@@ -20,13 +19,12 @@ from sidecar.clock import SYSTEM, Clock
 
 
 class LocalCounters:
-    """Sliding windows, leases and admissions in a SQLite file: atomic across the processes of one machine."""
+    """Sliding windows and admissions in a SQLite file: atomic across the processes of one machine."""
 
     SCHEMA = (
         "CREATE TABLE IF NOT EXISTS window_log (name TEXT NOT NULL, ts REAL NOT NULL, weight INTEGER NOT NULL)",
         "CREATE INDEX IF NOT EXISTS ix_window_log ON window_log (name, ts)",
-        "CREATE TABLE IF NOT EXISTS leases (id TEXT PRIMARY KEY, name TEXT NOT NULL, expires REAL NOT NULL)",
-        "CREATE INDEX IF NOT EXISTS ix_leases ON leases (name, expires)",
+        "DROP TABLE IF EXISTS leases",  # parallel slots are admissions now; files from before had leases
         # The running sum of each window's weights, kept with every insert and expiry, so a check
         # reads one row instead of summing every entry of the last minute (O(requests per minute)).
         "CREATE TABLE IF NOT EXISTS window_totals (name TEXT PRIMARY KEY, used INTEGER NOT NULL)",
@@ -38,7 +36,7 @@ class LocalCounters:
         "settled INTEGER NOT NULL, record TEXT NOT NULL)",
         "CREATE INDEX IF NOT EXISTS ix_admissions_key ON admissions (key)",
         "CREATE INDEX IF NOT EXISTS ix_admissions_owner ON admissions (owner)",
-        # Each serving process beats here every few seconds; a silent owner's leases stop counting.
+        # Each serving process beats here every few seconds; a silent owner's admissions hold no slot.
         "CREATE TABLE IF NOT EXISTS owners (id TEXT PRIMARY KEY, pid INTEGER NOT NULL, host TEXT NOT NULL, "
         "expires REAL NOT NULL)",
         # Bumped when a key's committed spend moves (records written, an operator's change), so a
@@ -83,7 +81,7 @@ class LocalCounters:
             db.execute("COMMIT")
             return result
 
-    # -- windows and leases ---------------------------------------------------------------------------
+    # -- windows --------------------------------------------------------------------------------------
     @staticmethod
     def _window(db, name: str, now: float, window: float) -> tuple[int, float | None]:
         """Drop the entries that left the window (usually none or a few) and read its total and oldest entry."""
@@ -104,40 +102,9 @@ class LocalCounters:
                    "ON CONFLICT (name) DO UPDATE SET used = used + excluded.used", (name, weight))
         return cursor.lastrowid
 
-    @classmethod
-    def _take(cls, db, name: str, limit: int, now: float, window: float) -> float | None:
-        """Record one hit if fewer than ``limit`` are in the window; else seconds until one leaves it."""
-        used, oldest = cls._window(db, name, now, window)
-        if used < limit:
-            cls._hit(db, name, now, 1)
-            return None
-        return (oldest + window - now) if oldest is not None else window
-
-    @staticmethod
-    def _lease(db, name: str, limit: int, now: float, lease_seconds: float) -> str | None:
-        """A new lease if fewer than ``limit`` live ones are held (expired ones are dropped first)."""
-        db.execute("DELETE FROM leases WHERE name = ? AND expires <= ?", (name, now))
-        (held,) = db.execute("SELECT COUNT(*) FROM leases WHERE name = ?", (name,)).fetchone()
-        if held >= limit:
-            return None
-        lease = uuid.uuid4().hex
-        db.execute("INSERT INTO leases (id, name, expires) VALUES (?, ?, ?)", (lease, name, now + lease_seconds))
-        return lease
-
-    def take(self, name: str, limit: int, window: float) -> float | None:
-        return self._transaction(lambda db, now: self._take(db, name, limit, now, window))
-
     def total(self, name: str, window: float) -> tuple[int, float | None]:
+        """A window's total and oldest entry (``rpm:<key>``, ``tpm:<key>``)."""
         return self._transaction(lambda db, now: self._window(db, name, now, window))
-
-    def add(self, name: str, weight: int, window: float) -> None:
-        self._transaction(lambda db, now: self._hit(db, name, now, weight))
-
-    def acquire(self, name: str, limit: int, lease_seconds: float) -> str | None:
-        return self._transaction(lambda db, now: self._lease(db, name, limit, now, lease_seconds))
-
-    def release(self, name: str, lease: str) -> None:
-        self._transaction(lambda db, now: db.execute("DELETE FROM leases WHERE id = ?", (lease,)))
 
     # -- admissions -------------------------------------------------------------------------------------
     def admit(self, ask: Ask, *, window: float) -> Refusal | None:
@@ -203,11 +170,6 @@ class LocalCounters:
     def free(self, admission: str) -> None:
         """Its answer is over: it no longer holds a parallel slot (its amount still counts)."""
         self._transaction(lambda db, now: db.execute("UPDATE admissions SET inflight = 0 WHERE id = ?", (admission,)))
-
-    def abandon(self, admission: str) -> None:
-        """A request that will never be recorded (the server failed before answering): refund it."""
-        self._transaction(lambda db, now: db.execute("DELETE FROM admissions WHERE id = ? AND settled = 0",
-                                                     (admission,)))
 
     def recorded(self, admissions: list[str], keys: set[str]) -> None:
         """Their spend records are committed: the rows go, and the keys' epochs move in the same step."""

@@ -1,4 +1,4 @@
-"""The same windows, leases and admissions in Redis, shared by every instance.
+"""The same windows and admissions in Redis, shared by every instance.
 
 Lua runs atomically in Redis and reads Redis's own clock, so instances with skewed clocks agree. An
 admission touches several keys in one script (the key's admissions, windows and epoch, and the
@@ -9,7 +9,6 @@ admission script only reads, compares with the bounds ``admission.py`` computed,
 from __future__ import annotations
 
 import logging
-import uuid
 
 from sidecar.access.admission import Ask, KeyState, Orphan, Refusal
 from sidecar.core.errors import ServiceUnavailable
@@ -17,17 +16,6 @@ from sidecar.core.errors import ServiceUnavailable
 log = logging.getLogger("sidecar.access.limits")
 
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n"
-_TAKE = _NOW + """
-local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000))
-  return false
-end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return tostring(tonumber(oldest[2]) + window - now)
-"""
 _SUM = """
 local function window_sum(key, window)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
@@ -43,18 +31,6 @@ end
 _TOTAL = _NOW + _SUM + """
 local used, oldest = window_sum(KEYS[1], tonumber(ARGV[1]))
 return {used, oldest}
-"""
-_ADD = _NOW + """
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) * 1000))
-"""
-_ACQUIRE = _NOW + """
-local limit, lease_seconds = tonumber(ARGV[1]), tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
-redis.call('ZADD', KEYS[1], now + lease_seconds, ARGV[3])
-redis.call('PEXPIRE', KEYS[1], math.ceil(lease_seconds * 1000))
-return 1
 """
 # The storage steps of ``LocalCounters.admit``: read the counters the ask is counted in, compare each
 # with its bound (first over it: its 1-based index, nothing written), else write the admission.
@@ -141,7 +117,7 @@ return 1
 
 
 class RedisCounters:
-    """Windows, leases and admissions in Redis; one round trip per operation."""
+    """Windows and admissions in Redis; one round trip per operation."""
 
     def __init__(self, url: str, prefix: str = "mistral-sidecar:"):
         import redis
@@ -149,8 +125,8 @@ class RedisCounters:
         self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self.errors = (redis.exceptions.RedisError,)
         self.prefix = prefix
-        self._take, self._total, self._add, self._acquire, self._admit, self._settle, self._free = (
-            self.redis.register_script(s) for s in (_TAKE, _TOTAL, _ADD, _ACQUIRE, _ADMIT, _SETTLE, _FREE))
+        self._total, self._admit, self._settle, self._free = (
+            self.redis.register_script(s) for s in (_TOTAL, _ADMIT, _SETTLE, _FREE))
         self._owners, self._records, self._index = prefix + "owners", prefix + "admission-records", prefix + "admissions"
 
     def probe(self) -> str | None:
@@ -171,26 +147,9 @@ class RedisCounters:
     def _call(self, script, name: str, args):
         return self._run(script, [self.prefix + name], args)
 
-    def take(self, name: str, limit: int, window: float) -> float | None:
-        wait = self._call(self._take, name, [limit, window, uuid.uuid4().hex])
-        return None if wait is None else float(wait)
-
     def total(self, name: str, window: float) -> tuple[int, float | None]:
         used, oldest = self._call(self._total, name, [window])
         return int(used), (float(oldest) if oldest else None)
-
-    def add(self, name: str, weight: int, window: float) -> None:
-        self._call(self._add, name, [f"{uuid.uuid4().hex}:{int(weight)}", window])
-
-    def acquire(self, name: str, limit: int, lease_seconds: float) -> str | None:
-        lease = uuid.uuid4().hex
-        return lease if self._call(self._acquire, name, [limit, lease_seconds, lease]) else None
-
-    def release(self, name: str, lease: str) -> None:
-        try:
-            self.redis.zrem(self.prefix + name, lease)
-        except self.errors as exc:  # the lease expires by itself; failing the finished response would help no one
-            log.warning("could not release parallel lease %s: %s", name, type(exc).__name__)
 
     # -- admissions -------------------------------------------------------------------------------------
     def _keys(self, key: str) -> list[str]:
@@ -236,16 +195,6 @@ class RedisCounters:
         key = self._key_of(admission)
         if key is not None:
             self._run(self._free, [f"{self.prefix}admitted:{key}"], [admission])
-
-    def abandon(self, admission: str) -> None:
-        key = self._key_of(admission)
-        if key is None:
-            return
-        value = self.redis.hget(f"{self.prefix}admitted:{key}", admission)
-        if value is not None and value.split(b"|")[3] == b"0":
-            pipe = self.redis.pipeline()
-            self._drop(pipe, admission, key)
-            pipe.execute()
 
     def recorded(self, admissions: list[str], keys: set[str]) -> None:
         keys_of = dict(zip(admissions, self.redis.hmget(self._index, admissions), strict=True)) if admissions else {}

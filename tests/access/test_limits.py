@@ -51,43 +51,53 @@ def two_counters(backend):
     return backend[:2]
 
 
+def _ask(key="k", **fields) -> Ask:
+    return Ask(id=uuid.uuid4().hex, key=key, owner=fields.pop("owner", "o1"), cost=fields.pop("cost", 0.0),
+               tokens=fields.pop("tokens", 0), record="{}", **fields)
+
+
 def test_a_window_admits_exactly_its_limit_between_two_processes(two_counters):
-    results = [two_counters[i % 2].take("rpm:k", 5, 60) for i in range(12)]
+    results = [two_counters[i % 2].admit(_ask(rpm=5), window=60) for i in range(12)]
     assert results[:5] == [None] * 5
-    assert all(0 < wait <= 60 for wait in results[5:])
+    assert all(isinstance(refused, OverRpm) and 0 < refused.wait <= 60 for refused in results[5:])
 
 
 def test_the_window_slides(backend):
     a, b, clock = backend
-    assert a.take("rpm:k", 2, 0.3) is None and b.take("rpm:k", 2, 0.3) is None
-    assert a.take("rpm:k", 2, 0.3) is not None
+    assert a.admit(_ask(rpm=2), window=0.3) is None and b.admit(_ask(rpm=2), window=0.3) is None
+    assert a.admit(_ask(rpm=2), window=0.3) is not None
     clock.advance(0.35)
-    assert b.take("rpm:k", 2, 0.3) is None
+    assert b.admit(_ask(rpm=2), window=0.3) is None
 
 
-def test_token_totals_add_up_across_processes(backend):
+def test_windows_add_up_across_processes_and_read_back_for_key_info(backend):
+    """``/key/info`` reads the rpm and tpm windows the admissions wrote (Redis's rpm window used to fail)."""
     a, b, clock = backend
     assert a.total("tpm:k", 60) == (0, None)
-    a.add("tpm:k", 10, 60)
-    b.add("tpm:k", 5, 60)
+    assert a.admit(_ask(rpm=5, tpm=100, tokens=10), window=60) is None
+    assert b.admit(_ask(rpm=5, tpm=100, tokens=5), window=60) is None
     used, oldest = b.total("tpm:k", 60)
-    assert used == 15 and clock.wall() - 5 < oldest <= clock.wall()
+    assert used == 15 and clock.wall() - 5 < oldest <= clock.wall() and a.total("rpm:k", 60)[0] == 2
 
 
-def test_leases_count_in_flight_requests_and_expire_if_never_released(backend):
+def test_parallel_slots_count_requests_in_flight_and_a_silent_owner_holds_none(backend):
     a, b, clock = backend
-    first, second = a.acquire("parallel:k", 2, 60), b.acquire("parallel:k", 2, 60)
-    assert first and second and a.acquire("parallel:k", 2, 60) is None
-    b.release("parallel:k", first)
-    assert a.acquire("parallel:k", 2, 60) is not None
-    assert a.acquire("parallel:other", 1, 0.2) and b.acquire("parallel:other", 1, 0.2) is None
-    clock.advance(0.25)  # a worker that died holding the lease does not block the key forever
-    assert b.acquire("parallel:other", 1, 0.2) is not None
+    a.beat("o1", 1, "here", 60)
+    first = _ask(parallel=2)
+    assert a.admit(first, window=60) is None and b.admit(_ask(parallel=2), window=60) is None
+    assert a.admit(_ask(parallel=2), window=60) == OverParallel()
+    b.free(first.id)
+    assert a.admit(_ask(parallel=2), window=60) is None
+    b.beat("o2", 2, "there", 0.5)
+    assert b.admit(_ask("other", parallel=1, owner="o2"), window=60) is None
+    assert a.admit(_ask("other", parallel=1), window=60) == OverParallel()
+    clock.advance(0.55)  # a worker that died holding the slot stops beating: it does not block the key forever
+    assert a.admit(_ask("other", parallel=1), window=60) is None
 
 
 def _hammer(path: str, results) -> None:
     counters = LocalCounters(path)
-    results.put(sum(counters.take("rpm:shared", 7, 60) is None for _ in range(10)))
+    results.put(sum(counters.admit(_ask("shared", rpm=7), window=60) is None for _ in range(10)))
 
 
 def test_sqlite_counters_are_atomic_across_real_processes(tmp_path):
@@ -105,7 +115,7 @@ def test_sqlite_counters_are_atomic_across_real_processes(tmp_path):
 def test_an_unreachable_redis_refuses_with_503_instead_of_dropping_limits():
     counters = RedisCounters("redis://127.0.0.1:9/0")
     with pytest.raises(ServiceUnavailable) as refused:
-        counters.take("rpm:k", 1, 60)
+        counters.admit(_ask(rpm=1), window=60)
     assert refused.value.status == 503 and "127.0.0.1" not in refused.value.message
 
 
@@ -172,11 +182,6 @@ def test_the_local_counters_file_sits_next_to_the_store(tmp_path):
     assert local_counters_path(on_pg) == tmp_path / "local.sqlite3-limits"
 
 
-def _ask(key="k", **fields) -> Ask:
-    return Ask(id=uuid.uuid4().hex, key=key, owner=fields.pop("owner", "o1"), cost=fields.pop("cost", 0.0),
-               tokens=fields.pop("tokens", 0), record="{}", **fields)
-
-
 def test_one_admission_takes_the_slot_and_the_hit_together_or_neither(two_counters):
     a, b = two_counters
     a.beat("o1", 1, "here", 60)
@@ -184,7 +189,7 @@ def test_one_admission_takes_the_slot_and_the_hit_together_or_neither(two_counte
     assert b.admit(_ask(parallel=5, rpm=1), window=60) == OverRpm(wait=pytest.approx(60, abs=2))
     assert b.admit(_ask(parallel=2), window=60) is None  # one slot held by the first, none by the refused
     assert a.admit(_ask(parallel=2), window=60) == OverParallel()
-    a.add("tpm:k", 50, 60)
+    assert a.admit(_ask(tpm=100, tokens=50), window=60) is None
     assert isinstance(b.admit(_ask(tpm=50), window=60), OverTpm)
 
 
@@ -203,14 +208,6 @@ def test_a_limit_of_nothing_refuses_everything_with_a_minute_to_wait(two_counter
     a, _ = two_counters
     assert a.admit(_ask(rpm=0), window=60) == OverRpm(60)  # Redis's script used to fail here: a 503
     assert a.admit(_ask(tpm=0, tokens=5), window=60) == OverTpm(0, 60)
-
-
-def test_what_a_key_used_of_its_minute_is_read_from_either_store(two_counters):
-    """``/key/info`` reads the rpm and tpm windows the admissions wrote (Redis's rpm window used to fail)."""
-    a, b = two_counters
-    assert a.admit(_ask(rpm=5, tpm=100, tokens=10), window=60) is None
-    assert b.admit(_ask(rpm=5, tpm=100, tokens=5), window=60) is None
-    assert a.total("rpm:k", 60)[0] == 2 and b.total("tpm:k", 60)[0] == 15
 
 
 def _admit_and_hang(counters_factory, ready) -> None:
@@ -280,5 +277,5 @@ def test_a_counters_file_from_before_running_totals_keeps_its_windows(tmp_path):
     old.close()
     counters = LocalCounters(path)
     assert counters.total("tpm:k", 60)[0] == 42
-    counters.add("tpm:k", 8, 60)
+    assert counters.admit(_ask(tpm=1000, tokens=8), window=60) is None
     assert counters.total("tpm:k", 60)[0] == 50
