@@ -34,6 +34,7 @@ from sidecar.settings import Settings
 
 HEADERS, BODY, IDLE, SHED = "headers", "body", "idle", "shed"
 SHED_LOG_INTERVAL = 60.0  # seconds between the lines that say a worker is shedding
+HOLD_MAX = 16 * 1024  # a response header block larger than this is sent at once
 
 
 def _spread(timeout: float) -> float:
@@ -51,18 +52,49 @@ class DeadlineSocket:
     Shed: the worker took the slot back; every read is the end of the connection.
     """
 
-    __slots__ = ("_sock", "header_timeout", "keepalive_timeout", "phase", "_deadline")
+    __slots__ = ("_sock", "header_timeout", "keepalive_timeout", "phase", "_deadline", "_held")
 
     def __init__(self, sock, header_timeout: float, keepalive_timeout: float):
         self._sock = sock
         self.header_timeout, self.keepalive_timeout = header_timeout, keepalive_timeout
         self.phase = HEADERS
         self._deadline = SYSTEM.monotonic() + _spread(header_timeout)
+        self._held: bytes | None = None
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
 
+    # -- writes: a response's header block leaves with its first body bytes --------------------------
+    def sendall(self, data, *flags) -> None:
+        """gunicorn sends a response's header block, then each body write: two sends (two syscalls, two
+        segments) for every plain answer. The header block is held here and sent with what follows it
+        (the body, or the end of a chunked one); ``flush`` sends it alone when nothing follows (HEAD,
+        204), and any read, ``sendfile`` or ``fileno`` flushes first, so nothing can overtake it."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            data = held + bytes(data)
+        elif self.phase == BODY and data[:5] == b"HTTP/" and data[-4:] == b"\r\n\r\n" and len(data) <= HOLD_MAX:
+            self._held = bytes(data)
+            return None
+        return self._sock.sendall(data, *flags)
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self._sock.sendall(held)
+
+    def sendfile(self, *args, **kwargs):
+        self.flush()
+        return self._sock.sendfile(*args, **kwargs)
+
+    def fileno(self) -> int:
+        self.flush()
+        return self._sock.fileno()
+
     def recv(self, size: int, *flags) -> bytes:
+        if self._held is not None:
+            self.flush()
         sock = self._sock
         if self.phase == BODY:
             sock.settimeout(self.header_timeout)
@@ -98,6 +130,8 @@ class DeadlineSocket:
     def recv_body_into(self, view: memoryview) -> int:
         """Fill ``view`` with body bytes until it is full or the client stops sending; the bytes received.
         A pause longer than ``header_timeout`` raises ``TimeoutError``, as ``recv`` does in the body phase."""
+        if self._held is not None:
+            self.flush()
         sock, got, size = self._sock, 0, len(view)
         sock.settimeout(self.header_timeout)
         try:
@@ -163,6 +197,10 @@ class SidecarWorker(GeventWorker):
         try:
             return super().handle_request(listener_name, req, sock, addr)
         finally:
+            try:
+                sock.flush()  # a header block with no body after it (HEAD, 204, an empty answer)
+            except OSError:
+                pass  # the client left: gunicorn sees it on its next read
             sock.served()
             self.waiting[sock] = None
 

@@ -18,6 +18,8 @@ import pytest
 import requests
 from werkzeug.wrappers import Response
 
+from sidecar.worker import DeadlineSocket
+
 from .conftest import MISTRAL_KEY
 from .fakes import FakeMistral, chat_body, chat_events
 from .servers import gunicorn_sidecar
@@ -146,3 +148,56 @@ def test_requests_in_progress_are_never_shed(sidecar, gate):
     for body in bodies:
         assert body.count(b"data: ") == STREAM_EVENTS + 1  # the events and [DONE]: nothing cut
         assert body.endswith(b"data: [DONE]\n\n")
+
+
+class Wire:
+    """Stands for a connected client socket: records what reaches it, send by send."""
+
+    def __init__(self):
+        self.sends: list[object] = []
+
+    def sendall(self, data) -> None:
+        self.sends.append(bytes(data))
+
+    def sendfile(self, file, offset=0, count=None) -> None:
+        self.sends.append(("file", count))
+
+    def fileno(self) -> int:
+        return -1
+
+
+HEAD_BLOCK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+
+
+def _serving() -> tuple[DeadlineSocket, Wire]:
+    wire = Wire()
+    sock = DeadlineSocket(wire, header_timeout=10, keepalive_timeout=5)
+    sock.serving()
+    return sock, wire
+
+
+def test_a_response_header_block_leaves_with_its_body_in_one_send():
+    sock, wire = _serving()
+    sock.sendall(HEAD_BLOCK)  # gunicorn's send_headers
+    assert wire.sends == []
+    sock.sendall(b"{}")  # its first body write
+    assert wire.sends == [HEAD_BLOCK + b"{}"]
+    sock.sendall(b"more")  # later writes go out as they come
+    assert wire.sends[-1] == b"more"
+
+
+def test_a_header_block_with_nothing_after_it_is_flushed_and_never_overtaken():
+    sock, wire = _serving()
+    sock.sendall(HEAD_BLOCK)
+    sock.flush()  # the worker, when the request is done (HEAD, 204)
+    assert wire.sends == [HEAD_BLOCK]
+    sock.sendall(HEAD_BLOCK)
+    sock.sendfile(object(), 0, 2)  # gunicorn's sendfile path
+    assert wire.sends[1:] == [HEAD_BLOCK, ("file", 2)]
+
+
+def test_only_a_served_request_s_header_block_is_held():
+    wire = Wire()
+    sock = DeadlineSocket(wire, header_timeout=10, keepalive_timeout=5)  # still reading the request
+    sock.sendall(HEAD_BLOCK)
+    assert wire.sends == [HEAD_BLOCK]
