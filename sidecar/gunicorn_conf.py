@@ -10,7 +10,7 @@ import os
 import resource
 import sys
 
-from sidecar import startup
+from sidecar import heap, startup
 from sidecar.accounting import metrics
 from sidecar.core.config import ConfigError
 from sidecar.core.validation import load_compiled
@@ -97,6 +97,7 @@ def on_starting(server) -> None:
     # inherited by every worker fork; frozen so the workers' collector never writes to, and so copies,
     # those pages.
     load_compiled(_settings.spec_path)
+    heap.trim()  # what compiling left free goes back to the kernel, not into every worker's memory
     gc.freeze()
     print(startup.summary(_settings, server.cfg.bind, server.cfg.workers, connections=_connections_said),
           file=sys.stderr, flush=True)
