@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,6 +35,11 @@ class Caller:
         return not self.models or model is None or model in self.models
 
 
+def request_id(given: str) -> str:
+    """The client's ``x-request-id`` when it is a plain id of at most 64 characters, else a new one."""
+    if 0 < len(given) <= 64 and given.replace("-", "").isalnum():
+        return given
+    return uuid.uuid4().hex
 
 
 @dataclass(slots=True)

@@ -48,6 +48,10 @@ class Deployment:
     def cloud(self) -> bool:
         return self.provider in CLOUDS
 
+    def serves(self, op) -> bool:
+        """Mistral's API serves every operation; a cloud a few (``CloudTransport.supports``)."""
+        return self.transport is None or self.transport.supports(op)
+
 
 class ModelRouter:
     """Resolves model names to deployments; holds one ``Target`` per distinct (base, key)."""

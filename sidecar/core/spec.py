@@ -20,7 +20,7 @@ PATH_PARAM = re.compile(r"{([^}/]+)}")  # a parameter in a path template; group 
 
 # The string protocols of an operation, spelled once: what each value means is in ``Operation``.
 Auth = Literal["bearer", "master", "admin", "x-api-key", "none"]
-BodyKind = Literal["json", "multipart"]
+BodyKind = Literal["json", "multipart", "unchecked"]  # unchecked: a pass-through's, relayed as sent
 ModelIn = Literal["body", "form", "path"]
 
 
@@ -156,6 +156,20 @@ def body_fields(doc: dict, schema) -> frozenset[str]:
     for part in schema.get("allOf") or ():
         fields |= body_fields(doc, part)
     return frozenset(fields)
+
+
+def observability_statuses(doc: dict) -> dict[str, frozenset[int]]:
+    """Operation id -> the statuses for which it declares ``ObservabilityError``: computed once, read per refusal."""
+    found: dict[str, frozenset[int]] = {}
+    for item in doc.get("paths", {}).values():
+        for op in item.values():
+            if not isinstance(op, dict) or "operationId" not in op:
+                continue
+            statuses = frozenset(int(code) for code, response in (op.get("responses") or {}).items()
+                                 if code.isdigit() and "ObservabilityError" in repr(response))
+            if statuses:
+                found[op["operationId"]] = statuses
+    return found
 
 
 def _auth(doc: dict, op: dict) -> Auth:

@@ -13,6 +13,7 @@ import random
 import re
 import select
 from email.utils import parsedate_to_datetime
+from urllib.parse import quote
 
 import requests
 import urllib3
@@ -57,6 +58,15 @@ def outbound_headers(client_headers, target: Target, auth: str, drop: frozenset[
     if target is not None:  # None: a cloud transport adds its own credentials
         headers.update(target.credentials(auth))
     return headers
+
+
+def path_segment(name: str, value) -> str:
+    """A path parameter as one upstream path segment: quoted, and never a dot segment, which the
+    HTTP client would resolve (``/v1/files/../content`` is ``/v1/content``)."""
+    value = str(value)
+    if value in (".", ".."):
+        raise BadRequest(f"Path parameter '{name}' may not be '{value}'.", param=name, code="invalid_path_parameter")
+    return quote(value, safe="")
 
 
 def inbound_headers(upstream_headers, drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:

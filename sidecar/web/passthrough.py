@@ -1,9 +1,11 @@
 """Custom pass-through endpoints from config.yaml: a local path relayed as-is to a configured target URL.
 
-They share the pipeline's collaborators (auth, limits, upstream with its retries, relay, accounting)
-but skip validation: the body is the client's, forwarded untouched. A configured path wins over a
-spec route at the same path; when it shadows a spec operation, the exchange is accounted as that
-operation (so an OCR pass-through is still priced per page).
+A mode of the one pipeline (``Pipeline.handle`` with a ``PassThroughRoute``): the same auth, body
+reading, limits, outbound header policy, upstream (with its retries), relay and accounting, but no
+validation: the body is the client's, forwarded untouched. What differs is here: the target, the
+configured headers, the operation it is accounted as. A configured path wins over a spec route at the
+same path; when it shadows a spec operation, the exchange is accounted as that operation (so an OCR
+pass-through is still priced per page).
 """
 
 from __future__ import annotations
@@ -14,16 +16,11 @@ from flask import Flask, Response, request
 
 from sidecar.access.auth import bearer
 from sidecar.core.config import PassThroughEndpoint
-from sidecar.core.errors import BadRequest, SidecarError
-from sidecar.core.fields import model_of
+from sidecar.core.errors import BadRequest
 from sidecar.core.router import Target
-from sidecar.core.spec import flask_rule
-from sidecar.upstream.client import outbound_headers
-from sidecar.web import body as bodies
-from sidecar.web.scope import Scope
+from sidecar.core.spec import Endpoint, Operation, flask_rule
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-CHUNK = 64 * 1024
 UNSAFE_IN_RAW_PATH = ("%2f", "%5c")  # encoded "/" and "\": werkzeug decodes them before routing
 
 
@@ -41,53 +38,39 @@ def safe_subpath(subpath: str, raw_uri: str) -> str:
     return quote(subpath, safe="/")
 
 
-class PassThrough:
-    """The view for one configured endpoint."""
+class PassThroughRoute:
+    """One configured endpoint as the pipeline serves it: an ``Endpoint`` per method (its operation
+    read as sent, the model from a JSON body, no validator), its target and its header rules."""
 
-    def __init__(self, pipeline, endpoint: PassThroughEndpoint, operation_id: str | None):
-        self.pipeline = pipeline
-        self.endpoint = endpoint
-        self.operation_id = operation_id or "sidecar_pass_through"
-        self.fixed = {name.lower(): (name, value) for name, value in endpoint.headers}
+    def __init__(self, config: PassThroughEndpoint, operation_id: str | None, master_key: str | None):
+        self.config = config
+        self.master_key = master_key
+        self.fixed = {name.lower(): (name, value) for name, value in config.headers}
+        operation_id = operation_id or "sidecar_pass_through"
+        # HEAD: werkzeug adds it to every GET rule; it is relayed as a HEAD.
+        self.endpoints = {method: Endpoint(method, config.path, Operation(
+            id=operation_id, method=method, path=config.path, tag="pass-through", body_kind="unchecked",
+            body_required=False, body_schema=None, params=(), streams=False, stream_twin=False,
+            auth="bearer" if config.auth else "none", handler=None, model_in="body"), None)
+            for method in (*METHODS, "HEAD")}
 
-    def view(self, subpath: str | None = None) -> Response:
-        pipeline = self.pipeline
-        ex = pipeline.exchange(request.headers, self.operation_id, request.method, self.endpoint.path)
-        scope = Scope()
-        try:
-            caller = ex.caller = pipeline.auth.authenticate(request.headers) if self.endpoint.auth else None
-            url = self.endpoint.target + (f"/{safe_subpath(subpath, _raw_uri())}" if subpath is not None else "")
-            body = scope.body = bodies.read_unchecked(request, pipeline.settings.max_body_bytes,
-                                                      pipeline.settings.max_upload_bytes)
-            ex.request_json = body.json
-            ex.model = model_of(body.json)
-            ex.end_user = request.headers.get(pipeline.settings.end_user_header)
-            if caller is not None:
-                pipeline.auth.authorize_model(caller, ex.model)
-            scope.release = pipeline.accountant.admit(ex)
-            target = Target(url)  # no credentials: only the configured headers authenticate
-            upstream = scope.upstream = pipeline.upstream.send(target, request.method, "",
-                                                               request.query_string.decode("latin-1"),
-                                                               self._headers(body, target), body.payload)
-            return pipeline.respond(ex, upstream, scope)  # the pipeline's relay + accounting
-        except SidecarError as error:
-            scope.close()
-            return pipeline.refuse(ex, error)
-        except BaseException:
-            scope.close()
-            raise
+    def target(self, path_params: dict, req) -> Target:
+        """The configured URL (and the subpath below it); no credentials: only configured headers authenticate."""
+        subpath = path_params.get("subpath")
+        if subpath is None:
+            return Target(self.config.target)
+        raw_uri = req.environ.get("RAW_URI") or req.environ.get("REQUEST_URI") or req.path
+        return Target(f"{self.config.target}/{safe_subpath(subpath, raw_uri)}")
 
-    def _headers(self, body: bodies.Body, target: Target) -> dict:
-        """Configured headers; with ``forward_headers`` also the client's (the pipeline's outbound
-        policy), never a header carrying its sidecar credential."""
-        headers: dict[str, str] = {}
-        if self.endpoint.forward_headers:
-            never = {s for s in (bearer(request.headers), self.pipeline.settings.master_key) if s}
-            forwarded = outbound_headers(request.headers, target, "bearer", drop=self.pipeline.drop_outbound)
-            headers = {name: value for name, value in forwarded.items()
-                       if not any(secret in value for secret in never)}
-        elif request.content_type:
-            headers["Content-Type"] = request.content_type
+    def headers(self, forwarded: dict | None, client_headers, body) -> dict:
+        """Configured headers over ``forwarded`` (the client's, after the pipeline's outbound policy, when
+        ``forward_headers``) less any header carrying the caller's sidecar credential; else the content type."""
+        if forwarded is not None:
+            never = {s for s in (bearer(client_headers), self.master_key) if s}
+            headers = {name: value for name, value in forwarded.items() if not any(s in value for s in never)}
+        else:
+            content_type = client_headers.get("Content-Type")
+            headers = {"Content-Type": content_type} if content_type else {}
         for low, (name, value) in self.fixed.items():
             for existing in [k for k in headers if k.lower() == low]:
                 del headers[existing]
@@ -97,9 +80,12 @@ class PassThrough:
         return headers
 
 
-def _raw_uri() -> str:
-    environ = request.environ
-    return environ.get("RAW_URI") or environ.get("REQUEST_URI") or request.path
+def _view(pipeline, route: PassThroughRoute):
+    def view(subpath: str | None = None) -> Response:
+        req = request._get_current_object()
+        params = {} if subpath is None else {"subpath": subpath}
+        return pipeline.handle(route.endpoints[req.method], params, req, passthrough=route)
+    return view
 
 
 def register(app: Flask, pipeline, endpoints: tuple[PassThroughEndpoint, ...]) -> None:
@@ -109,7 +95,7 @@ def register(app: Flask, pipeline, endpoints: tuple[PassThroughEndpoint, ...]) -
         for e in pipeline.spec.endpoints:
             by_path.setdefault(prefix + e.path, e.plain.id)
     for endpoint in endpoints:
-        view = PassThrough(pipeline, endpoint, by_path.get(endpoint.path)).view
+        view = _view(pipeline, PassThroughRoute(endpoint, by_path.get(endpoint.path), pipeline.settings.master_key))
         app.add_url_rule(flask_rule(endpoint.path), endpoint=f"passthrough:{endpoint.path}", view_func=view,
                          methods=METHODS, provide_automatic_options=False)
         if endpoint.include_subpath:

@@ -1,15 +1,14 @@
 """The one generic view: route -> auth -> validate -> forward -> account -> respond.
 
 Every operation of the spec, proxied or the sidecar's own, goes through ``Pipeline.handle``;
-the differences between operations are data on ``Operation``, not branches per route.
+the differences between operations are data on ``Operation``, not branches per route. Config
+pass-through routes are a mode of it (``web/passthrough.py``): no validation, their own target.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import uuid
-from urllib.parse import quote
 
 import urllib3
 from flask import Response, request
@@ -17,7 +16,6 @@ from flask import Response, request
 from sidecar.clock import SYSTEM, Clock
 from sidecar.core import dialect
 from sidecar.core.errors import (
-    BadRequest,
     NotFound,
     SidecarError,
     UpstreamTimeout,
@@ -25,14 +23,14 @@ from sidecar.core.errors import (
     observability_render,
     render,
 )
-from sidecar.core.exchange import Exchange
+from sidecar.core.exchange import Exchange, request_id
 from sidecar.core.fields import model_of, wants_stream
 from sidecar.core.redact import Redactor
 from sidecar.core.router import ModelRouter
-from sidecar.core.spec import Endpoint, Operation, body_fields
+from sidecar.core.spec import Endpoint, Operation, body_fields, observability_statuses
 from sidecar.deadline import Deadline, DeadlineExceeded
 from sidecar.store.health import STORE_ERRORS
-from sidecar.upstream.client import _retry_after_seconds, inbound_headers, outbound_headers
+from sidecar.upstream.client import _retry_after_seconds, inbound_headers, outbound_headers, path_segment
 from sidecar.upstream.clouds import Outbound, transport_for
 from sidecar.web import body as bodies
 from sidecar.web.handlers import OwnRequest
@@ -44,29 +42,6 @@ NO_STREAM_HEADERS = frozenset({"x-model-deprecation-timestamp"})  # breaks SDK 1
 # JSON answers up to this size are read whole to account usage; larger ones (file listings, exports)
 # are relayed as a stream without usage, so one answer cannot hold a worker's memory.
 JSON_ACCOUNT_LIMIT = 16 * 1024 * 1024
-
-
-def _segment(name: str, value) -> str:
-    """A path parameter as one upstream path segment: quoted, and never a dot segment, which the
-    HTTP client would resolve (``/v1/files/../content`` is ``/v1/content``)."""
-    value = str(value)
-    if value in (".", ".."):
-        raise BadRequest(f"Path parameter '{name}' may not be '{value}'.", param=name, code="invalid_path_parameter")
-    return quote(value, safe="")
-
-
-def _supports(op: Operation):
-    """Whether a deployment serves ``op``: Mistral's API serves every operation, a cloud a few."""
-    def supports(deployment) -> bool:
-        return deployment.transport is None or deployment.transport.supports(op)
-    return supports
-
-
-def _request_id(headers) -> str:
-    given = headers.get("x-request-id", "")
-    if 0 < len(given) <= 64 and given.replace("-", "").isalnum():
-        return given
-    return uuid.uuid4().hex
 
 
 class Pipeline:
@@ -95,12 +70,14 @@ class Pipeline:
                                                          lambda entry: transport_for(entry, clock), clock=clock)
         accountant.sinks.append(self.router.settle)  # a finished answer frees its deployment, counts its tokens
         self.drop_outbound = frozenset({settings.end_user_header, "x-request-id"})
-        self.observability_errors = observability_statuses(spec)
+        self.observability_errors = observability_statuses(spec.document)
 
     # -- the view ---------------------------------------------------------------------------------
-    def handle(self, endpoint: Endpoint, path_params: dict, req=None) -> Response:
+    def handle(self, endpoint: Endpoint, path_params: dict, req=None, passthrough=None) -> Response:
         """Serve one request; ``req`` is the Werkzeug request (Flask's ``request`` when not given:
-        the spec dispatcher in routes.py calls without a Flask request context)."""
+        the spec dispatcher in routes.py calls without a Flask request context). ``passthrough``
+        (a ``web.passthrough.PassThroughRoute``): a configured pass-through, its body neither
+        translated nor validated, sent to its own target with its own headers."""
         req = request._get_current_object() if req is None else req
         headers = req.headers
         op = endpoint.plain
@@ -112,12 +89,10 @@ class Pipeline:
             if security == "master":  # before the body: only the master key learns what the route accepts
                 self.auth.require_master(caller)
             body = scope.body = self._read_body(op, req)
-            self._translate(op, body, req.path)
-            op = endpoint.pick(self._wants_stream(body))
-            ex.operation_id, ex.stream = op.id, op.stream_twin or self._wants_stream(body)
-            ex.end_user = self._take_end_user(op, body, headers)
-            self._validate(op, path_params, body, req.args)
-            ex.path_params = path_params
+            if passthrough is None:
+                op = self._spec_steps(endpoint, ex, body, path_params, req)
+            else:
+                ex.end_user = self._end_user(headers)
             ex.model = self._model(op, body, path_params)  # the one place a request's model is settled
             ex.request_json = body.json
             if caller is not None:
@@ -127,6 +102,8 @@ class Pipeline:
                 response = self.handlers[op.handler](OwnRequest(ex, body, path_params, req.args))
                 scope.close()
                 return self._finish_plain(ex, response)
+            if passthrough is not None:
+                return self._pass_through(passthrough, op, ex, body, path_params, scope, req)
             return self._forward(op, ex, body, path_params, scope, req)
         except SidecarError as error:
             scope.close()
@@ -142,7 +119,7 @@ class Pipeline:
 
     def exchange(self, headers, operation_id: str, method: str, route: str) -> Exchange:
         """A new exchange, timed from now by the app's clock (and traced from now, when tracing is on)."""
-        ex = Exchange(_request_id(headers), operation_id, method, route,
+        ex = Exchange(request_id(headers.get("x-request-id", "")), operation_id, method, route,
                       started=self.clock.monotonic(), wall_time=self.clock.wall())
         self.accountant.begin(ex, headers)
         return ex
@@ -161,7 +138,21 @@ class Pipeline:
             return bodies.read_json(req, self.settings.max_body_bytes, op.body_required)
         if op.body_kind == "multipart":
             return bodies.read_multipart(req, self.settings.max_upload_bytes)
+        if op.body_kind == "unchecked":
+            return bodies.read_unchecked(req, self.settings.max_body_bytes, self.settings.max_upload_bytes)
         return bodies.Body()
+
+    def _spec_steps(self, endpoint: Endpoint, ex: Exchange, body: bodies.Body, path_params: dict,
+                    req) -> Operation:
+        """What the spec says of the request: OpenAI fields translated, the stream twin picked, the
+        end user taken, then validation; returns the operation that serves it."""
+        self._translate(endpoint.plain, body, req.path)
+        op = endpoint.pick(self._wants_stream(body))
+        ex.operation_id, ex.stream = op.id, op.stream_twin or self._wants_stream(body)
+        ex.end_user = self._take_end_user(op, body, req.headers)
+        self._validate(op, path_params, body, req.args)
+        ex.path_params = path_params
+        return op
 
     @staticmethod
     def _wants_stream(body: bodies.Body) -> bool:
@@ -175,13 +166,16 @@ class Pipeline:
 
     def _take_end_user(self, op: Operation, body: bodies.Body, headers) -> str | None:
         """End user from the configured header, else an OpenAI-style ``user`` field Mistral would refuse."""
-        user = headers.get(self.settings.end_user_header)
         data = body.json
         if isinstance(data, dict) and "user" in data and op.proxied and op.id not in self._declares_user:
             value = data.pop("user")
             body.edited = True
-            if user is None and isinstance(value, str):
-                user = value
+            if headers.get(self.settings.end_user_header) is None and isinstance(value, str):
+                return value[:256] or None
+        return self._end_user(headers)
+
+    def _end_user(self, headers) -> str | None:
+        user = headers.get(self.settings.end_user_header)
         return user[:256] if user else None
 
 
@@ -211,9 +205,9 @@ class Pipeline:
         """Try the model's deployments in the router's order until one answers with something other
         than 429, 5xx or a connection failure, all before a byte reaches the client and within one
         total deadline; the last answer is relayed whatever it is."""
-        path = op.path.format(**{k: _segment(k, v) for k, v in path_params.items()})
+        path = op.path.format(**{k: path_segment(k, v) for k, v in path_params.items()})
         query = req.query_string.decode("latin-1")
-        plan = self.router.plan(ex.model, _supports(op)) if ex.model else [(self.router.default, None)]
+        plan = self.router.plan(ex.model, lambda d: d.serves(op)) if ex.model else [(self.router.default, None)]
         if not plan:
             providers = sorted({d.provider for d, _m in self.router.candidates(ex.model)})
             raise NotFound(f"Model '{ex.model}' is deployed on {', '.join(providers)} only, which does not offer "
@@ -272,6 +266,16 @@ class Pipeline:
         self.accountant.trace_headers(ex, headers)
         call = Outbound(op, path, query, headers, body.payload, body.json, ex.stream, model or "")
         return deployment.transport.send(self.upstream, call)
+
+    def _pass_through(self, route, op: Operation, ex: Exchange, body: bodies.Body, path_params: dict,
+                      scope: Scope, req) -> Response:
+        """A configured pass-through: one attempt at its own target, its own headers over (with
+        ``forward_headers``) the client's after the outbound policy, relayed like any answer."""
+        target = route.target(path_params, req)
+        forwarded = self._upstream_headers(op, target, body, req.headers) if route.config.forward_headers else None
+        upstream = scope.upstream = self.upstream.send(target, req.method, "", req.query_string.decode("latin-1"),
+                                                       route.headers(forwarded, req.headers, body), body.payload)
+        return self.respond(ex, upstream, scope)
 
     def _attempted(self, ex: Exchange, deployment, outcome, last: bool, planned: int, *, failed: bool,
                    retry_after=None) -> None:
@@ -381,16 +385,3 @@ class Pipeline:
         self.accountant.finish(ex)
         return response
 
-
-def observability_statuses(spec) -> dict[str, frozenset[int]]:
-    """Operation id -> the statuses for which it declares ``ObservabilityError``: computed once, read per refusal."""
-    found: dict[str, frozenset[int]] = {}
-    for item in spec.document.get("paths", {}).values():
-        for op in item.values():
-            if not isinstance(op, dict) or "operationId" not in op:
-                continue
-            statuses = frozenset(int(code) for code, response in (op.get("responses") or {}).items()
-                                 if code.isdigit() and "ObservabilityError" in repr(response))
-            if statuses:
-                found[op["operationId"]] = statuses
-    return found

@@ -136,3 +136,16 @@ def test_a_chunked_json_body_over_the_limit_is_refused_without_reading_it_whole(
     with pytest.raises(bodies.PayloadTooLarge):
         bodies.read_unchecked(request, 100_000, 100_000)
     assert max(stream.asked) <= bodies.CHUNK and stream.left > 0
+
+
+def test_a_store_that_cannot_be_read_is_a_503_on_a_pass_through_route_as_on_any(configured, fake, monkeypatch):
+    import sqlalchemy as sa
+
+    client = configured(SEED_OCR)
+
+    def down(token):
+        raise sa.exc.OperationalError("SELECT", {}, OSError("connection refused"))
+    monkeypatch.setattr(client.application.extensions["sidecar"].auth.keys, "caller_for", down)
+    response = client.post("/mistral/v1/ocr", json=OCR_BODY, headers={"Authorization": "Bearer sk-a-virtual-key"})
+    assert response.status_code == 503 and response.json["code"] == "store_unavailable"
+    assert fake.seen == []
