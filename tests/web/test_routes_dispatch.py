@@ -57,3 +57,15 @@ def test_a_refusal_on_the_direct_way_is_the_pipeline_s_own(settings):
     response = build_app(settings).test_client().post("/v1/chat/completions", data=b"{",
                                                         headers={"Content-Type": "application/json"})
     assert response.status_code == 400 and response.headers["x-request-id"]
+
+
+def test_urls_still_build_from_spec_rules_whose_builders_are_compiled_on_first_use(app):
+    """Rules compile their URL builders lazily (routes.LazyBuildRule): a URL built twice, with and
+    without extra arguments, is what werkzeug's eager builder gives."""
+    from flask import url_for
+
+    with app.test_request_context():
+        for _ in range(2):
+            assert url_for("/v1/files/{file_id}", file_id="file-1 2") == "/v1/files/file-1%202"
+            assert url_for("/mistral/v1/files/{file_id}", file_id="f", page=2) == "/mistral/v1/files/f?page=2"
+            assert url_for("/v1/chat/completions") == "/v1/chat/completions"
