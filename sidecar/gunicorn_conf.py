@@ -58,7 +58,7 @@ def _connection_cap(wanted: int) -> tuple[int, str]:
     return wanted, f"{wanted} connections per worker"
 
 
-# A waiting connection costs a greenlet and a socket (a few KB, see README), so the cap is far above any
+# A waiting connection costs a greenlet and a socket (about 12 KB, see README), so the cap is far above any
 # real load; a worker that reaches it sheds the connection waiting longest on its client (sidecar/worker.py),
 # so a flood of slow clients cannot take every slot.
 worker_connections, _connections_said = _connection_cap(_settings.worker_connections)
