@@ -99,7 +99,12 @@ def current_revision(engine: sa.Engine) -> str | None:
 
 
 def migrate(engine: sa.Engine, revision: str = "head") -> str | None:
-    """Apply the migrations up to ``revision``; safe to run from several processes at once."""
+    """Apply the migrations up to ``revision``; safe to run from several processes at once. A schema
+    already at head is left as it is without importing Alembic (every start of a deployed sidecar)."""
+    if revision == "head":
+        head = head_revision()
+        if current_revision(engine) == head:
+            return head
     from alembic import command
 
     with _migration_lock(engine), engine.begin() as connection:

@@ -49,14 +49,15 @@ def test_a_new_sqlite_file_is_migrated_at_start_up_once_even_by_racing_workers(t
 
 
 def test_a_worker_checks_a_current_schema_without_importing_alembic_or_other_dialects(tmp_path):
-    """The head is read from the migration scripts, as Alembic reads it; Alembic is imported only to migrate."""
+    """The head is read from the migration scripts, as Alembic reads it; Alembic is imported only to migrate
+    (``migrate`` on a current schema, every start of a deployed sidecar, does not import it either)."""
     from alembic.script import ScriptDirectory
 
     assert store.head_revision() == ScriptDirectory.from_config(store._config(None)).get_current_head()
     path = tmp_path / "current.sqlite3"
     assert store.migrate(store.make_engine(f"sqlite:///{path}")) == store.head_revision()
     probe = ("import sys; from pathlib import Path; from sidecar import store; from sidecar.settings import Settings; "
-             f"store.open_engine(Settings(db_path=Path({str(path)!r}))); "
+             f"engine = store.open_engine(Settings(db_path=Path({str(path)!r}))); store.migrate(engine); "
              "print(sorted({'alembic', 'sqlalchemy.dialects.postgresql'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stderr[-2000:]  # nor PostgreSQL's dialect, on SQLite
