@@ -89,14 +89,14 @@ def on_starting(server) -> None:
     money), migrate the store before any worker opens it, then say what is running."""
     try:
         startup.check(_settings, server.cfg.bind)
-        startup.migrate()
+        with startup.migrating():
+            # The spec table and validators (pure core: nothing gevent must patch first), built here while
+            # the store migrates and inherited by every worker fork; frozen below so the workers' collector
+            # never writes to, and so copies, those pages.
+            load_compiled(_settings.spec_path)
     except startup.StartupError as error:
         metrics.remove_multiproc_dir(_metrics_dir)
         startup.refuse(error)
-    # The spec table and validators (pure core: nothing gevent must patch first), built once here and
-    # inherited by every worker fork; frozen so the workers' collector never writes to, and so copies,
-    # those pages.
-    load_compiled(_settings.spec_path)
     heap.trim()  # what compiling left free goes back to the kernel, not into every worker's memory
     gc.freeze()
     print(startup.summary(_settings, server.cfg.bind, server.cfg.workers, connections=_connections_said),

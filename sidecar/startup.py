@@ -7,6 +7,7 @@ Imports nothing heavy: the master must not import ssl, requests or SQLAlchemy be
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -50,17 +51,23 @@ def check(settings: Settings, binds) -> None:
         raise StartupError(f"the OpenAPI spec {settings.spec_path} does not exist (SIDECAR_SPEC)")
 
 
-def migrate(env=None) -> None:
-    """Bring the store's schema to head in a child process (``mistral-sidecar migrate``), before any worker.
+@contextlib.contextmanager
+def migrating(env=None):
+    """Bring the store's schema to head in a child process (``mistral-sidecar migrate``) while the block runs
+    (the master builds the spec table meanwhile); at its end the schema is at head, or ``StartupError``.
 
     A child, because SQLAlchemy and Alembic import ssl, which the master must not do before gevent patches it;
     idempotent and locked (a file lock for SQLite, an advisory lock for PostgreSQL), so running it from every
     web start, beside or instead of a release step, is safe."""
-    done = subprocess.run([sys.executable, "-m", "sidecar", "migrate", "--quiet"], env=env,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        raise StartupError(f"cannot migrate the store: {lines[-1] if lines else f'exit {done.returncode}'}")
+    child = subprocess.Popen([sys.executable, "-m", "sidecar", "migrate", "--quiet"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield
+    finally:
+        _out, stderr = child.communicate()
+    if child.returncode != 0:
+        lines = [line for line in stderr.strip().splitlines() if line.strip()]
+        raise StartupError(f"cannot migrate the store: {lines[-1] if lines else f'exit {child.returncode}'}")
 
 
 def _store(settings: Settings) -> str:

@@ -124,3 +124,15 @@ def test_serving_prints_the_summary_once_and_each_config_warning_once_without_al
     assert err.count(f"listening http://127.0.0.1:{port}") == 1
     for chatter in ("Context impl", "Will assume", "Running upgrade", "Traceback"):
         assert chatter not in err, err
+
+
+def test_the_store_migrates_while_the_master_goes_on_and_a_failure_is_one_line(tmp_path):
+    env = {**os.environ, "SIDECAR_DB_PATH": str(tmp_path / "fresh.sqlite3"), "DATABASE_URL": ""}
+    ran = []
+    with startup.migrating(env):
+        ran.append(True)  # the master's own start-up work, done before the child is waited for
+    assert ran and (tmp_path / "fresh.sqlite3").is_file()
+    unreachable = {**env, "DATABASE_URL": "postgresql://nobody:secret-pw@127.0.0.1:9/x"}
+    with pytest.raises(startup.StartupError) as failed, startup.migrating(unreachable):
+        pass
+    assert str(failed.value).startswith("cannot migrate the store: error: database") and "secret-pw" not in str(failed.value)
