@@ -217,7 +217,7 @@ class SidecarWorker(GeventWorker):
             self._shed_count, self._shed_said = 0, now
 
 
-def read_body(stream, length: int) -> bytearray | None:
+def read_body(stream, length: int) -> bytes | bytearray | None:
     """A request body of known ``length`` read straight from the connection into one buffer; None when
     ``stream`` (``wsgi.input``) is not this worker's untouched body of that length (tests, other servers).
 
@@ -235,6 +235,9 @@ def read_body(stream, length: int) -> bytearray | None:
     taken = min(len(held), length)
     unreader.buf = io.BytesIO()
     unreader.buf.write(held[taken:])
+    if taken == length:  # a small body comes whole with its headers: no buffer to fill
+        reader.length = 0
+        return held[:length]
     body = bytearray(length)
     got = taken
     with memoryview(body) as view:
