@@ -93,9 +93,14 @@ class Journal:
             return
         old = self._file
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{os.getpid()}-{uuid.uuid4().hex[:12]}{SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        # Created under a name no sweep looks at, locked, then renamed into view: a sweeper never finds
+        # a journal before its owner holds the lock (it would take it for a dead one's and delete it).
+        hidden = self.folder / f".{name}.new"
+        fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path = self.folder / f"{name}{SUFFIX}"
+        os.rename(hidden, path)
         self._held[path] = [fd, 0]
         self._file, self._fd, self._size = path, fd, 0
         if old is not None and self._held[old][1] == 0:

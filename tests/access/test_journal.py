@@ -99,3 +99,31 @@ def test_the_journal_rotates_and_drops_a_file_once_its_last_admission_is_recorde
 def test_unreadable_lines_are_skipped_not_fatal():
     data = b"+a1 {not json\n=a2 x y\n+a3 " + _record("r3").encode() + b"\n-zz\n\xff\xfe\n+a4"
     assert [o.id for o in journal_mod.parse(data)] == ["a3"]
+
+
+def test_a_sweep_never_takes_a_journal_its_owner_is_creating(tmp_path):
+    """Many journals rotating while another one sweeps the folder in a loop: no journal is taken for a
+    dead one's (a sweep that found a file before its owner locked it deleted it, and the owner's lock
+    then failed: a 500)."""
+    import threading
+    stop, swept, failures = threading.Event(), [], []
+
+    def sweep() -> None:
+        sweeper = Journal(tmp_path)
+        while not stop.is_set():
+            swept.extend(sweeper.sweep(lambda found: None))
+
+    thread = threading.Thread(target=sweep)
+    thread.start()
+    try:
+        journals = [Journal(tmp_path, rotate_bytes=200) for _ in range(4)]
+        for i in range(300):
+            try:
+                journals[i % 4].admit(f"a{i}", _record(f"r{i}"))
+            except OSError as exc:
+                failures.append(exc)
+    finally:
+        stop.set()
+        thread.join()
+    assert failures == [] and swept == []
+    assert sum(len(j._pending) for j in journals) == 300
