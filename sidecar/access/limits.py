@@ -36,6 +36,7 @@ from sidecar.access.local_counters import LocalCounters
 from sidecar.access.redis_counters import RedisCounters
 from sidecar.clock import SYSTEM, Clock
 from sidecar.core.errors import BudgetExceeded, RateLimited
+from sidecar.core.exchange import new_id
 
 __all__ = ["Limits", "LocalCounters", "RedisCounters", "Orphan", "counters_for", "local_counters_path"]
 
@@ -99,7 +100,7 @@ class Limits:
         limits = (caller.limits or {}) if caller.is_virtual else {}
         self.start()
         budget = limits.get("max_budget")
-        ask = Ask(id=uuid.uuid4().hex, key=caller.key_hash, owner=self.owner, cost=float(cost), tokens=int(tokens),
+        ask = Ask(id=new_id(), key=caller.key_hash, owner=self.owner, cost=float(cost), tokens=int(tokens),
                   record=_admission_record(ex, cost, tokens), budget=budget, tpm=limits.get("tpm_limit"),
                   parallel=limits.get("max_parallel_requests"), rpm=limits.get("rpm_limit"))
         if self.journal is not None and not ask.limited:
