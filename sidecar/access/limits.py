@@ -35,7 +35,7 @@ from sidecar.access.keys import current_spend, iso
 from sidecar.access.local_counters import LocalCounters
 from sidecar.access.redis_counters import RedisCounters
 from sidecar.clock import SYSTEM, Clock
-from sidecar.core.errors import BudgetExceeded, RateLimited
+from sidecar.core.errors import BudgetExceeded, RateLimited, ServiceUnavailable
 from sidecar.core.exchange import new_id
 
 __all__ = ["Limits", "LocalCounters", "RedisCounters", "Orphan", "counters_for", "local_counters_path"]
@@ -104,7 +104,13 @@ class Limits:
                   record=_admission_record(ex, cost, tokens), budget=budget, tpm=limits.get("tpm_limit"),
                   parallel=limits.get("max_parallel_requests"), rpm=limits.get("rpm_limit"))
         if self.journal is not None and not ask.limited:
-            self.journal.admit(ask.id, ask.record)  # nothing to share: remembered, not counted
+            try:
+                self.journal.admit(ask.id, ask.record)  # nothing to share: remembered, not counted
+            except OSError as exc:  # not forwarded unless it would be recorded even if this worker died
+                log.error("admission journal %s cannot be written (%s): requests are refused with 503",
+                          self.journal.folder, exc)
+                raise ServiceUnavailable(f"The admission journal cannot be written: {type(exc).__name__}.",
+                                         code="journal_unavailable") from None
             ex.admission, ex.settles = ask.id, False
             return _no_release
         if not caller.is_virtual:

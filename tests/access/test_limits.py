@@ -279,3 +279,19 @@ def test_a_counters_file_from_before_running_totals_keeps_its_windows(tmp_path):
     assert counters.total("tpm:k", 60)[0] == 42
     assert counters.admit(_ask(tpm=1000, tokens=8), window=60) is None
     assert counters.total("tpm:k", 60)[0] == 50
+
+
+def test_a_journal_that_cannot_be_written_refuses_with_503_not_a_500(tmp_path):
+    """A request is forwarded only once it would be recorded even if its worker died: when the
+    admission journal cannot be written (here its folder is a file), the answer is a clear 503."""
+    from sidecar.access.journal import Journal
+
+    blocked = tmp_path / "admissions"
+    blocked.write_text("not a folder")
+    clock = FakeClock()
+    limits = Limits(LocalCounters(tmp_path / "l", clock), clock=clock, journal=Journal(blocked))
+    with pytest.raises(ServiceUnavailable) as refused:
+        limits.admit(_exchange(), 0.001, 100)
+    assert refused.value.status == 503 and refused.value.code == "journal_unavailable"
+    assert "journal" in str(refused.value)
+    limits.close()
