@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -113,8 +114,14 @@ def test_sign_in_create_a_key_use_it_see_it_and_revoke_it(page, sidecar):
     for model, stream, user in [("mistral-small-latest", False, "alice"), ("mistral-large-latest", False, "bob"),
                                 ("mistral-small-latest", True, "alice")]:
         assert chat(sidecar, key, model, stream, user) == 200
-    sidecar_spend = requests.get(sidecar + "/spend/report?group_by=model", headers={"Authorization": f"Bearer {MASTER}"},
-                                 timeout=10).json()
+    # A stream is recorded when the server closes it, just after the client has read it all: wait for
+    # the three records, then read the report the chart must match.
+    as_master = {"Authorization": f"Bearer {MASTER}"}
+    deadline = time.monotonic() + 15
+    while len(requests.get(sidecar + "/spend/logs?proxied=true", headers=as_master, timeout=10).json()["logs"]) < 3:
+        assert time.monotonic() < deadline, "the three calls were not all recorded within 15 s"
+        time.sleep(0.05)
+    sidecar_spend = requests.get(sidecar + "/spend/report?group_by=model", headers=as_master, timeout=10).json()
     assert sidecar_spend["total_requests"] >= 3
 
     page.click("nav a[data-view=spend]")
