@@ -16,6 +16,11 @@ worker that takes its last slot sheds the connection that has waited longest for
 has not finished its request headers, or is idle between requests (nginx reuses its idle connections
 the same way when it runs out). Accepting never stops while any slot is waiting on a client, and a
 connection whose request is being served is never shed: only requests in progress can fill a worker.
+
+Turns: a greenlet yields to the loop only when a read would block, so a kept-alive connection whose
+next request is already there (a fast client beside a fast upstream, or pipelining) was served again
+and again while the others' answers waited in their sockets: 50-250 ms runs of one connection under
+load, the loaded p99. Each request served now ends the connection's turn when others are open.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from sidecar.settings import Settings
 HEADERS, BODY, IDLE, SHED = "headers", "body", "idle", "shed"
 SHED_LOG_INTERVAL = 60.0  # seconds between the lines that say a worker is shedding
 HOLD_MAX = 16 * 1024  # a response header block larger than this is sent at once
+TURN = 1e-6  # any wait above 0 resumes after the loop has polled: behind the connections already ready
 
 
 def _spread(timeout: float) -> float:
@@ -195,7 +201,7 @@ class SidecarWorker(GeventWorker):
         self.waiting.pop(sock, None)
         sock.serving()
         try:
-            return super().handle_request(listener_name, req, sock, addr)
+            keep_alive = super().handle_request(listener_name, req, sock, addr)
         finally:
             try:
                 sock.flush()  # a header block with no body after it (HEAD, 204, an empty answer)
@@ -203,6 +209,9 @@ class SidecarWorker(GeventWorker):
                 pass  # the client left: gunicorn sees it on its next read
             sock.served()
             self.waiting[sock] = None
+        if self.held > 1:
+            gevent.sleep(TURN)  # let the others have their turn before this connection's next request
+        return keep_alive
 
     def _shed_oldest(self) -> None:
         oldest = next(iter(self.waiting))
