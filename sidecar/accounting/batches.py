@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import sqlalchemy as sa
 
-from sidecar.accounting.spend import ROW_COLUMNS, charge_statement
+from sidecar.accounting.spend import CHARGE, ROW_COLUMNS, charge_params
 from sidecar.clock import SYSTEM, Clock
 from sidecar.core.batch import FINISHED, OutputTally
 from sidecar.core.exchange import Exchange
@@ -151,7 +151,7 @@ class BatchLedger:
                 if cost and job["key_hash"]:
                     duration = connection.execute(sa.select(keys.c.budget_duration)
                                                   .where(keys.c.token == job["key_hash"])).scalar()
-                    connection.execute(charge_statement(job["key_hash"], cost, duration, self.clock.wall()))
+                    connection.execute(CHARGE, charge_params(job["key_hash"], cost, duration, self.clock.wall()))
         except sa.exc.IntegrityError:  # recorded already (another download, another worker): once per job
             return False
         except STORE_ERRORS as exc:

@@ -183,8 +183,9 @@ class SpendLog:
         with self.engine.begin() as connection:
             if rows:
                 _insert_rows(connection, rows)
-            for key_hash, (cost, duration) in charges.items():
-                connection.execute(charge_statement(key_hash, cost, duration, now))
+            if charges:
+                connection.execute(CHARGE, [charge_params(key_hash, cost, duration, now)
+                                            for key_hash, (cost, duration) in charges.items()])
         if self.on_committed is not None:
             admissions = [admission for _row, _charge, admission in batch if admission is not None]
             keys = {row["key_hash"] for row, _charge, admission in batch if admission is not None and row}
@@ -328,14 +329,25 @@ def _insert_rows(connection, rows: list[dict]) -> None:
                                [tuple(row[name] for name in ROW_COLUMNS) for row in rows])
 
 
-def charge_statement(key_hash: str, cost: float, duration: str | None, now: float):
-    """Add ``cost`` to a key's spend, starting a new budget period first if the last one ended."""
-    next_reset = now + parse_duration(duration, "budget_duration") if duration else None
-    ended = sa.and_(keys_table.c.budget_reset_at.is_not(None), keys_table.c.budget_reset_at <= now)
-    return keys_table.update().where(keys_table.c.token == key_hash).values(
+def _charge_statement():
+    """Add ``:cost`` to key ``:key``'s spend, starting a new budget period (ending ``:next_reset``) first
+    if the last one ended by ``:now``. Built once: building it per batch was ~40% of a flush's CPU."""
+    ended = sa.and_(keys_table.c.budget_reset_at.is_not(None), keys_table.c.budget_reset_at <= sa.bindparam("now"))
+    cost = sa.bindparam("cost", type_=sa.Float)
+    return keys_table.update().where(keys_table.c.token == sa.bindparam("key")).values(
         spend=sa.case((ended, cost), else_=keys_table.c.spend + cost),
-        budget_reset_at=sa.case((ended, next_reset), else_=keys_table.c.budget_reset_at),
+        budget_reset_at=sa.case((ended, sa.bindparam("next_reset", type_=sa.Float)),
+                                else_=keys_table.c.budget_reset_at),
     )
+
+
+CHARGE = _charge_statement()
+
+
+def charge_params(key_hash: str, cost: float, duration: str | None, now: float) -> dict:
+    """The parameters of ``CHARGE`` for one key."""
+    next_reset = now + parse_duration(duration, "budget_duration") if duration else None
+    return {"key": key_hash, "cost": cost, "now": now, "next_reset": next_reset}
 
 
 def _group_columns(group_by: str, dialect: str) -> list:
