@@ -20,6 +20,7 @@ import functools
 import json
 import logging
 import math
+import operator
 import threading
 from datetime import datetime, timezone
 
@@ -310,6 +311,7 @@ ROW_COLUMNS = (  # the keys of spend_record, in the order the SQLite insert bind
     "ts", "request_id", "key_hash", "key_alias", "end_user", "model", "deployment", "operation", "route", "status",
     "prompt_tokens", "completion_tokens", "total_tokens", "pages", "audio_seconds", "characters", "cost",
     "latency_ms", "upstream_ms", "streamed", "error", "estimated")
+_ROW_VALUES = operator.itemgetter(*ROW_COLUMNS)  # a row's values in that order, picked in C
 
 
 @functools.lru_cache(maxsize=8)
@@ -325,8 +327,7 @@ def _insert_rows(connection, rows: list[dict]) -> None:
     if connection.dialect.name != "sqlite":
         connection.execute(spend_logs.insert(), rows)
         return
-    connection.exec_driver_sql(_sqlite_insert(connection.dialect),
-                               [tuple(row[name] for name in ROW_COLUMNS) for row in rows])
+    connection.exec_driver_sql(_sqlite_insert(connection.dialect), list(map(_ROW_VALUES, rows)))
 
 
 def _charge_statement():
