@@ -242,3 +242,23 @@ def _info(row, now: float) -> dict:
         "deleted_at": iso(row["deleted_at"]),
     }
 
+
+def _charge_statement():
+    """Add ``:cost`` to key ``:key``'s spend, starting a new budget period (ending ``:next_reset``) first
+    if the last one ended by ``:now``. Built once: building it per batch was ~40% of a flush's CPU."""
+    ended = sa.and_(keys_table.c.budget_reset_at.is_not(None), keys_table.c.budget_reset_at <= sa.bindparam("now"))
+    cost = sa.bindparam("cost", type_=sa.Float)
+    return keys_table.update().where(keys_table.c.token == sa.bindparam("key")).values(
+        spend=sa.case((ended, cost), else_=keys_table.c.spend + cost),
+        budget_reset_at=sa.case((ended, sa.bindparam("next_reset", type_=sa.Float)),
+                                else_=keys_table.c.budget_reset_at),
+    )
+
+
+CHARGE = _charge_statement()
+
+
+def charge_params(key_hash: str, cost: float, duration: str | None, now: float) -> dict:
+    """The parameters of ``CHARGE`` for one key."""
+    next_reset = now + parse_duration(duration, "budget_duration") if duration else None
+    return {"key": key_hash, "cost": cost, "now": now, "next_reset": next_reset}

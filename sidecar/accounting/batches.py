@@ -17,7 +17,8 @@ from dataclasses import replace
 
 import sqlalchemy as sa
 
-from sidecar.accounting.spend import CHARGE, ROW_COLUMNS, charge_params
+from sidecar.access.keys import CHARGE, charge_params
+from sidecar.accounting.spend import ROW_COLUMNS
 from sidecar.clock import SYSTEM, Clock
 from sidecar.core.batch import FINISHED, OutputTally
 from sidecar.core.exchange import Exchange

@@ -33,6 +33,7 @@ from sidecar.store.health import STORE_ERRORS
 from sidecar.upstream.client import _retry_after_seconds, inbound_headers, outbound_headers, path_segment
 from sidecar.upstream.clouds import Outbound, transport_for
 from sidecar.web import body as bodies
+from sidecar.web.answer import Answer
 from sidecar.web.handlers import OwnRequest
 from sidecar.web.relay import RELAY_ERRORS, RelayBody, upstream_chunks
 from sidecar.web.scope import Scope
@@ -372,7 +373,7 @@ class Pipeline:
         headers = self._relay_headers(ex, upstream)
         headers.extend(self.accountant.response_headers(ex))
         self.accountant.finish(ex)
-        return Response(content, upstream.status_code, headers)
+        return Answer(content, upstream.status_code, headers)
 
     def _relay_headers(self, ex: Exchange, upstream, drop=frozenset()) -> list[tuple[str, str]]:
         headers = self.redactor.headers(inbound_headers(upstream.headers, drop))
