@@ -1,4 +1,4 @@
-"""The bare proxy floor: the least a Python WSGI pass-through can do, on the sidecar's worker class.
+"""The bare proxy floor: the least a Python WSGI pass-through can do, on gunicorn's own gevent worker.
 
 No routing, auth, validation or accounting: the request is forwarded on a pooled urllib3
 connection and the answer relayed chunk by chunk. Whatever this costs, any Python proxy costs.
