@@ -24,8 +24,8 @@ def _status_line(status: int) -> str:
 
 
 class Answer(Response):
-    """A ``Response`` of ``body`` with ``status`` and ``headers`` (which name its Content-Type and no
-    Content-Length), built only when read; its WSGI call sends them directly."""
+    """A ``Response`` of ``body`` with ``status`` and ``headers`` (which name its Content-Type), built only
+    when read; its WSGI call sends them directly, with the body's Content-Length."""
 
     def __init__(self, body: bytes, status: int, headers: list[tuple[str, str]]):  # noqa: D107 - see class
         self.__dict__["_given"] = (body, status, headers)
@@ -42,8 +42,8 @@ class Answer(Response):
         if given is None or not 200 <= given[1] < 600 or given[1] in (204, 304):
             return super().__call__(environ, start_response)  # built, or a status werkzeug treats specially
         body, status, headers = given
-        for _name, value in headers:
-            if "\n" in value or "\r" in value:  # what werkzeug refuses: let it say so
+        for name, value in headers:  # a line break werkzeug refuses, a length it keeps: its way
+            if "\n" in value or "\r" in value or name.lower() == "content-length":
                 return super().__call__(environ, start_response)
         start_response(_status_line(status), [*headers, ("Content-Length", str(len(body)))])
         return () if environ["REQUEST_METHOD"] == "HEAD" else (body,)

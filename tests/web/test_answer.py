@@ -42,6 +42,13 @@ def test_reading_it_as_a_response_builds_one_and_what_is_changed_is_sent():
     assert ("x-added", "yes") in headers and ("Content-Length", str(len(BODY))) in headers
 
 
+def test_a_given_content_length_is_left_to_werkzeug_not_sent_twice():
+    given = [*HEADERS, ("content-length", str(len(BODY)))]
+    status, headers, _body = sent(Answer(BODY, 200, list(given)))
+    assert [name.lower() for name, _value in headers].count("content-length") == 1
+    assert (status, headers) == sent(Response(BODY, 200, list(given)))[:2]
+
+
 def test_a_header_value_with_a_line_break_is_refused_as_werkzeug_refuses_it():
     with pytest.raises(ValueError):
         sent(Answer(BODY, 200, [*HEADERS, ("x-split", "a\r\nSet-Cookie: b")]))
