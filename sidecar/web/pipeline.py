@@ -45,6 +45,11 @@ NO_STREAM_HEADERS = frozenset({"x-model-deprecation-timestamp"})  # breaks SDK 1
 JSON_ACCOUNT_LIMIT = 16 * 1024 * 1024
 
 
+def _clipped(user: str | None) -> str | None:
+    """An end user as recorded: at most 256 characters, None when empty."""
+    return user[:256] if user else None
+
+
 class Pipeline:
     """Holds the collaborators built once at start-up and runs each request through them."""
 
@@ -148,8 +153,9 @@ class Pipeline:
         """What the spec says of the request: OpenAI fields translated, the stream twin picked, the
         end user taken, then validation; returns the operation that serves it."""
         self._translate(endpoint.plain, body, req.path)
-        op = endpoint.pick(self._wants_stream(body))
-        ex.operation_id, ex.stream = op.id, op.stream_twin or self._wants_stream(body)
+        stream = self._wants_stream(body)
+        op = endpoint.pick(stream)
+        ex.operation_id, ex.stream = op.id, op.stream_twin or stream
         ex.end_user = self._take_end_user(op, body, req.headers)
         self._validate(op, path_params, body, req.args)
         ex.path_params = path_params
@@ -172,12 +178,11 @@ class Pipeline:
             value = data.pop("user")
             body.edited = True
             if headers.get(self.settings.end_user_header) is None and isinstance(value, str):
-                return value[:256] or None
+                return _clipped(value)
         return self._end_user(headers)
 
     def _end_user(self, headers) -> str | None:
-        user = headers.get(self.settings.end_user_header)
-        return user[:256] if user else None
+        return _clipped(headers.get(self.settings.end_user_header))
 
 
     def _validate(self, op: Operation, path_params: dict, body: bodies.Body, args) -> None:
