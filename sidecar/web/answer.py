@@ -42,8 +42,8 @@ class Answer(Response):
         if given is None or not 200 <= given[1] < 600 or given[1] in (204, 304):
             return super().__call__(environ, start_response)  # built, or a status werkzeug treats specially
         body, status, headers = given
-        for name, value in headers:  # a line break werkzeug refuses, a length it keeps: its way
-            if "\n" in value or "\r" in value or name.lower() == "content-length":
+        for name, value in headers:  # a value to convert, a line break it refuses, a length it keeps: its way
+            if type(value) is not str or "\n" in value or "\r" in value or name.lower() == "content-length":
                 return super().__call__(environ, start_response)
         start_response(_status_line(status), [*headers, ("Content-Length", str(len(body)))])
         return () if environ["REQUEST_METHOD"] == "HEAD" else (body,)

@@ -49,6 +49,11 @@ def test_a_given_content_length_is_left_to_werkzeug_not_sent_twice():
     assert (status, headers) == sent(Response(BODY, 200, list(given)))[:2]
 
 
+def test_a_header_value_that_is_not_text_is_converted_as_werkzeug_converts_it():
+    given = [*HEADERS, ("x-count", 3)]
+    assert sent(Answer(BODY, 200, list(given))) == sent(Response(BODY, 200, list(given)))
+
+
 def test_a_header_value_with_a_line_break_is_refused_as_werkzeug_refuses_it():
     with pytest.raises(ValueError):
         sent(Answer(BODY, 200, [*HEADERS, ("x-split", "a\r\nSet-Cookie: b")]))
