@@ -98,14 +98,18 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
         store=store,
         auth_overrides={"sidecar_metrics": "master"} if settings.metrics_auth else None,
     )
-    _SHUTDOWN.append(pipeline.upstream.close)
-    _SHUTDOWN.append(spend_log.close)  # before the engine goes: it writes the last spend records
-    _SHUTDOWN.append(limits.close)  # after them: what is still admitted is swept by the other workers
-    _SHUTDOWN.append(engine.dispose)
-    _SHUTDOWN.append(observability.flush)  # the last spans, once the last requests have finished
+    closers = (
+        pipeline.upstream.close,
+        spend_log.close,  # before the engine goes: it writes the last spend records
+        limits.close,  # after them: what is still admitted is swept by the other workers
+        engine.dispose,
+        observability.flush,  # the last spans, once the last requests have finished
+    )
+    _SHUTDOWN.extend(closers)
     app = Flask("sidecar")
     app.config["MAX_CONTENT_LENGTH"] = None
     app.extensions["sidecar"] = pipeline
+    app.extensions["sidecar.close"] = closers  # this app's own, in order (an embedding process, tests)
     app.extensions["sidecar.readiness"] = readiness
     routes.register(app, pipeline)
     return app

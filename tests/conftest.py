@@ -63,10 +63,15 @@ def make_app(settings, request):
     """Apps built from ``settings`` with ``changes``; a test that asks for ``clock`` gets apps on that
     clock (every expiry, window, cache and retry wait follows it), others run on the system clock."""
     clock = request.getfixturevalue("clock") if "clock" in request.fixturenames else None
+    built = []
 
     def build(**changes):
-        return build_app(settings.with_(**changes), clock=clock)
-    return build
+        built.append(build_app(settings.with_(**changes), clock=clock))
+        return built[-1]
+    yield build
+    for app in built:  # no spend writer outlives its test, retrying into a store that is gone
+        for close in app.extensions["sidecar.close"]:
+            close()
 
 
 @pytest.fixture
