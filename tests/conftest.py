@@ -49,6 +49,7 @@ def settings(fake, tmp_path) -> Settings:
         connect_timeout=2.0,
         read_timeout=5.0,
         database_url=f"sqlite:///{tmp_path / 'sidecar.db'}",
+        db_path=tmp_path / "sidecar.db",  # where the local limits and journals go on PostgreSQL too
     )
 
 

@@ -12,6 +12,7 @@ into spend records at their estimated cost.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,6 +20,8 @@ import socket
 import threading
 import uuid
 from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
 
 from sidecar.access.admission import (
     Ask,
@@ -37,6 +40,7 @@ from sidecar.access.redis_counters import RedisCounters
 from sidecar.clock import SYSTEM, Clock
 from sidecar.core.errors import BudgetExceeded, RateLimited, ServiceUnavailable
 from sidecar.core.exchange import new_id
+from sidecar.store import database_url
 
 __all__ = ["Limits", "LocalCounters", "RedisCounters", "Orphan", "counters_for", "local_counters_path"]
 
@@ -295,10 +299,21 @@ def journal_path(settings) -> Path:
 
 
 def local_counters_path(settings) -> Path:
-    """Next to the SQLite store (or ``SIDECAR_DB_PATH`` when the store is PostgreSQL)."""
+    """Next to the SQLite store; for a PostgreSQL store, next to ``SIDECAR_DB_PATH`` and named after the
+    database, so that two sidecars of one machine on different databases never sweep each other's
+    admissions into their own spend log."""
     url = settings.database_url or ""
-    base = url[len("sqlite:///"):] if url.startswith("sqlite:///") else str(settings.db_path)
-    return Path(base + "-limits")
+    if not url or url.startswith("sqlite:///"):
+        return Path((url[len("sqlite:///"):] or str(settings.db_path)) + "-limits")
+    return Path(f"{settings.db_path}-{store_tag(database_url(settings))}-limits")
+
+
+def store_tag(url: str) -> str:
+    """12 hex digits naming a database: its URL's hash without driver or password (a new password or
+    driver is the same database; a host, port, name or ``search_path`` is another one)."""
+    p = make_url(url)
+    plain = URL.create(p.get_backend_name(), p.username, None, p.host, p.port, p.database, p.query)
+    return hashlib.sha256(plain.render_as_string(hide_password=False).encode()).hexdigest()[:12]
 
 
 def counters_for(settings, clock: Clock = SYSTEM):

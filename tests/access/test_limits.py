@@ -179,7 +179,23 @@ def test_master_and_own_routes_are_never_limited(tmp_path):
 def test_the_local_counters_file_sits_next_to_the_store(tmp_path):
     assert local_counters_path(Settings(database_url=f"sqlite:///{tmp_path}/s.db")) == tmp_path / "s.db-limits"
     on_pg = Settings(database_url="postgresql://db/x", db_path=tmp_path / "local.sqlite3")
-    assert local_counters_path(on_pg) == tmp_path / "local.sqlite3-limits"
+    beside = local_counters_path(on_pg)
+    assert beside.parent == tmp_path and beside.name.startswith("local.sqlite3-") and beside.name.endswith("-limits")
+
+
+def test_two_postgresql_databases_keep_their_admissions_apart_on_one_machine(tmp_path):
+    """A sweep records a dead worker's admissions into its own store: sidecars of one machine on two
+    databases must not share the files, or one's orphans land in the other's spend log."""
+    def path(url):
+        return local_counters_path(Settings(database_url=url, db_path=tmp_path / "local.sqlite3"))
+
+    same = path("postgresql://app:pw@db:5432/x")
+    assert path("postgres://app:new-pw@db:5432/x") == same  # another spelling, another password: same database
+    assert path("postgresql+psycopg://app@db:5432/x") == same
+    for other in ("postgresql://app@db:5432/y", "postgresql://app@db2:5432/x", "postgresql://app@db:5433/x",
+                  "postgresql://app@db:5432/x?options=-csearch_path%3Dother"):
+        assert path(other) != same, other
+    assert "pw" not in str(same)
 
 
 def test_one_admission_takes_the_slot_and_the_hit_together_or_neither(two_counters):
