@@ -12,7 +12,7 @@ from flask import Flask
 from sidecar.access.auth import Authenticator
 from sidecar.access.journal import Journal
 from sidecar.access.keys import KeyStore
-from sidecar.access.limits import Limits, RedisCounters, counters_for, journal_path
+from sidecar.access.limits import Limits, RedisCounters, counters_for, journal_path, store_tag
 from sidecar.accounting import metrics
 from sidecar.accounting import telemetry as observability
 from sidecar.accounting.accountant import Accountant
@@ -69,7 +69,8 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
     spend_log = SpendLog(engine, clock=clock, watch=store)
     prices = _price_table(settings)
     limits = Limits(counters_for(settings, clock), clock=clock, journal=Journal(journal_path(settings)),
-                    exempt=frozenset(op.id for op in spec.operations if op.handler), spend=spend_log.committed_spend)
+                    exempt=frozenset(op.id for op in spec.operations if op.handler), spend=spend_log.committed_spend,
+                    store=store_tag(settings))
     spend_log.on_committed, limits.on_orphans = limits.recorded, spend_log.recover
     limits.sweep_at_start()  # what workers that died before this one started left unrecorded
     redactor = Redactor(settings.secrets())

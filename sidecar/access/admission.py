@@ -18,6 +18,7 @@ a burst of N requests on one key would commit one per round, N rounds for the la
 from __future__ import annotations
 
 import enum
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -176,6 +177,19 @@ class Orphan:
     record: str
 
 
+def of_store(record: str, store: str) -> bool:
+    """Whether an admission's record belongs to ``store`` (``limits.store_tag``): a sweep writes what it
+    claims into its own spend log, so it must never claim another database's admissions (two sidecars
+    on one Redis). A record that names no store (written before stores were named) belongs to any."""
+    if not store:
+        return True
+    try:
+        named = json.loads(record).get("store")
+    except (ValueError, AttributeError):
+        return True
+    return named is None or named == store
+
+
 class Counters(Protocol):
     """The storage steps of the limits, shared by every worker: ``LocalCounters`` (SQLite, one machine)
     and ``RedisCounters`` (every instance). Each step is atomic where the counters live."""
@@ -206,5 +220,6 @@ class Counters(Protocol):
     def leave(self, owner: str) -> None:
         """The owner exits: what it still holds is swept by the others."""
 
-    def sweep(self, *, host: str, grace: float, alive: Callable[[int], bool], mine: str = "") -> list[Orphan]:
-        """Claim (delete and return) the admissions of dead owners."""
+    def sweep(self, *, host: str, grace: float, alive: Callable[[int], bool], mine: str = "",
+              store: str = "") -> list[Orphan]:
+        """Claim (delete and return) the admissions of dead owners whose records are ``store``'s (``of_store``)."""

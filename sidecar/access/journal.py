@@ -25,7 +25,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from sidecar.access.admission import Orphan
+from sidecar.access.admission import Orphan, of_store
 
 ROTATE_BYTES = 4 * 1024 * 1024
 SUFFIX = ".journal"
@@ -128,8 +128,9 @@ class Journal:
             self._file = None
 
     # -- the sweep --------------------------------------------------------------------------------------
-    def sweep(self, on_orphans) -> list[Orphan]:
-        """Record what dead processes left in their files (``on_orphans`` queues the records), then delete them."""
+    def sweep(self, on_orphans, store: str = "") -> list[Orphan]:
+        """Record what dead processes left in their files (``on_orphans`` queues the records), then delete them;
+        a file of another database's sidecar (``admission.of_store``) is left to that sidecar's sweep."""
         if not self.folder.is_dir():
             return []
         found: list[Orphan] = []
@@ -149,6 +150,8 @@ class Journal:
                     continue
                 with open(fd, "rb", closefd=False) as file:
                     orphans = parse(file.read())
+                if not all(of_store(orphan.record, store) for orphan in orphans):
+                    continue
                 if orphans:
                     on_orphans(orphans)
                     found.extend(orphans)

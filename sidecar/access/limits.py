@@ -78,8 +78,12 @@ class Limits:
     """``admit(ex, cost, tokens)`` refuses or admits an exchange and returns the callable that gives its
     admission back if the exchange will never be recorded; ``record`` (an accountant sink) settles it."""
 
-    def __init__(self, counters: Counters, *, clock: Clock = SYSTEM, exempt=frozenset(), spend=None, journal=None):
+    def __init__(self, counters: Counters, *, clock: Clock = SYSTEM, exempt=frozenset(), spend=None, journal=None,
+                 store: str = ""):
         self.counters = counters
+        # ``store_tag`` of the database spend records go to: written into each admission's record, so a
+        # sweep claims only its own database's admissions ("": any, for tests of the counters alone).
+        self.store = store
         # journal.Journal: where the admissions of callers without limits are remembered (one write
         # each, nothing shared); None: in the counters like the rest (tests of the counters alone).
         self.journal = journal
@@ -105,7 +109,7 @@ class Limits:
         self.start()
         budget = limits.get("max_budget")
         ask = Ask(id=new_id(), key=caller.key_hash, owner=self.owner, cost=float(cost), tokens=int(tokens),
-                  record=_admission_record(ex, cost, tokens), budget=budget, tpm=limits.get("tpm_limit"),
+                  record=_admission_record(ex, cost, tokens, self.store), budget=budget, tpm=limits.get("tpm_limit"),
                   parallel=limits.get("max_parallel_requests"), rpm=limits.get("rpm_limit"))
         if self.journal is not None and not ask.limited:
             try:
@@ -243,11 +247,11 @@ class Limits:
         counters, then those in the journals (a journal is deleted only once ``on_orphans`` took it)."""
         if self.on_orphans is None:
             return []
-        orphans = self.counters.sweep(host=HOST, grace=SWEEP_GRACE, alive=_alive, mine=self.owner)
+        orphans = self.counters.sweep(host=HOST, grace=SWEEP_GRACE, alive=_alive, mine=self.owner, store=self.store)
         if orphans:
             self._recover(orphans)
         if self.journal is not None:
-            orphans += self.journal.sweep(self._recover)
+            orphans += self.journal.sweep(self._recover, self.store)
         return orphans
 
     def _recover(self, orphans: list[Orphan]) -> None:
@@ -277,14 +281,14 @@ class Limits:
             self.journal.close()
 
 
-def _admission_record(ex, cost: float, tokens: int) -> str:
+def _admission_record(ex, cost: float, tokens: int, store: str) -> str:
     """What a sweep needs to write this request's spend record if its worker dies (no secret: the key's hash)."""
     caller = ex.caller
     return json.dumps({
         "ts": ex.wall_time, "request_id": ex.request_id, "key_hash": caller.key_hash,
         "key_alias": getattr(caller, "alias", None), "end_user": ex.end_user, "model": ex.model,
         "operation": ex.operation_id, "route": ex.route, "streamed": bool(ex.stream),
-        "budget_duration": (caller.limits or {}).get("budget_duration"), "cost": cost, "tokens": tokens,
+        "budget_duration": (caller.limits or {}).get("budget_duration"), "cost": cost, "tokens": tokens, "store": store or None,
     }, separators=(",", ":"))
 
 
@@ -305,13 +309,13 @@ def local_counters_path(settings) -> Path:
     url = settings.database_url or ""
     if not url or url.startswith("sqlite:///"):
         return Path((url[len("sqlite:///"):] or str(settings.db_path)) + "-limits")
-    return Path(f"{settings.db_path}-{store_tag(database_url(settings))}-limits")
+    return Path(f"{settings.db_path}-{store_tag(settings)}-limits")
 
 
-def store_tag(url: str) -> str:
-    """12 hex digits naming a database: its URL's hash without driver or password (a new password or
-    driver is the same database; a host, port, name or ``search_path`` is another one)."""
-    p = make_url(url)
+def store_tag(settings) -> str:
+    """12 hex digits naming the database of the spend records: its URL's hash without driver or password
+    (a new password or driver is the same database; a host, port, name or ``search_path`` is another)."""
+    p = make_url(database_url(settings))
     plain = URL.create(p.get_backend_name(), p.username, None, p.host, p.port, p.database, p.query)
     return hashlib.sha256(plain.render_as_string(hide_password=False).encode()).hexdigest()[:12]
 

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from sidecar.access.admission import Ask, Counter, KeyState, Orphan, Refusal, decide
+from sidecar.access.admission import Ask, Counter, KeyState, Orphan, Refusal, decide, of_store
 from sidecar.clock import SYSTEM, Clock
 
 
@@ -191,7 +191,7 @@ class LocalCounters:
     def leave(self, owner: str) -> None:
         self._transaction(lambda db, now: db.execute("DELETE FROM owners WHERE id = ?", (owner,)))
 
-    def sweep(self, *, host: str, grace: float, alive, mine: str = "") -> list[Orphan]:
+    def sweep(self, *, host: str, grace: float, alive, mine: str = "", store: str = "") -> list[Orphan]:
         """Claim the admissions of dead owners: a process of this host that no longer runs, or an owner
         silent for ``grace`` seconds (a worker that slow was already killed by gunicorn's timeout)."""
         def work(db, now):
@@ -209,7 +209,8 @@ class LocalCounters:
                 if row[6] not in living:
                     living[row[6]] = alive(row[6])
                 return not living[row[6]]
-            claimed = [Orphan(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows if dead(r)]
+            claimed = [Orphan(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows
+                       if dead(r) and of_store(r[5], store)]
             db.executemany("DELETE FROM admissions WHERE id = ?", [(o.id,) for o in claimed])
             db.execute("DELETE FROM owners WHERE expires <= ? AND id NOT IN (SELECT owner FROM admissions)",
                        (now - grace,))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from sidecar.access.admission import Ask, KeyState, Orphan, Refusal
+from sidecar.access.admission import Ask, KeyState, Orphan, Refusal, of_store
 from sidecar.core.errors import ServiceUnavailable
 
 log = logging.getLogger("sidecar.access.limits")
@@ -223,7 +223,7 @@ class RedisCounters:
         pipe.hdel(self._owners + ":where", owner)
         pipe.execute()
 
-    def sweep(self, *, host: str, grace: float, alive, mine: str = "") -> list[Orphan]:
+    def sweep(self, *, host: str, grace: float, alive, mine: str = "", store: str = "") -> list[Orphan]:
         """``LocalCounters.sweep``: admissions of owners that stopped beating, claimed one by one (HDEL
         answers 1 to exactly one sweeper)."""
         (seconds, micros) = self.redis.time()
@@ -249,6 +249,8 @@ class RedisCounters:
             if not (beat is None or beat <= now - grace or (owner_host == host and not alive(int(pid)))):
                 continue
             record = self.redis.hget(self._records, admission)
+            if record is not None and not of_store(record.decode(), store):
+                continue  # another database's sidecar shares this Redis: its own sweep records it
             if self.redis.hdel(f"{self.prefix}admitted:{key}", admission):
                 self.redis.hdel(self._records, admission)
                 self.redis.hdel(self._index, admission)

@@ -69,6 +69,14 @@ def test_a_killed_process_leaves_its_unrecorded_admissions_to_one_sweep(tmp_path
     assert Journal(tmp_path).sweep(taken.extend) == []  # once
 
 
+def test_a_journal_of_another_database_s_sidecar_is_left_to_it(tmp_path):
+    dead = tmp_path / "1-dead.journal"
+    dead.write_text(f"+a1 {json.dumps({'request_id': 'r1', 'cost': 0.1, 'tokens': 1, 'store': 'theirs'})}\n")
+    assert Journal(tmp_path).sweep(lambda found: None, store="ours") == [] and dead.exists()
+    assert [o.id for o in Journal(tmp_path).sweep(lambda found: None, store="theirs")] == ["a1"]
+    assert not dead.exists()
+
+
 def test_a_sweep_whose_records_cannot_be_written_keeps_the_file(tmp_path):
     dead = tmp_path / "1-dead.journal"
     dead.write_text(f"+a1 {_record('r1')}\n")

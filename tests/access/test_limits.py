@@ -12,7 +12,7 @@ import pytest
 
 from sidecar.access.admission import Ask, OverBudget, OverParallel, OverRpm, OverTpm, Stale
 from sidecar.access.auth import Caller
-from sidecar.access.limits import Limits, LocalCounters, RedisCounters, local_counters_path
+from sidecar.access.limits import Limits, LocalCounters, RedisCounters, local_counters_path, store_tag
 from sidecar.clock import FakeClock
 from sidecar.core.errors import BudgetExceeded, RateLimited, ServiceUnavailable
 from sidecar.core.exchange import Exchange
@@ -93,6 +93,38 @@ def test_parallel_slots_count_requests_in_flight_and_a_silent_owner_holds_none(b
     assert a.admit(_ask("other", parallel=1), window=60) == OverParallel()
     clock.advance(0.55)  # a worker that died holding the slot stops beating: it does not block the key forever
     assert a.admit(_ask("other", parallel=1), window=60) is None
+
+
+def test_a_sweep_claims_only_its_own_database_s_admissions(backend):
+    """Two sidecars on two databases sharing one Redis: each records a dead worker's admissions into its
+    own spend log, so neither may claim the other's (a record naming no store is anyone's)."""
+    a, b, _clock = backend
+    a.beat("dead", 1, "here", 60)
+    asks = {name: _ask(owner="dead") for name in ("a", "b", "old")}
+    for name, ask in asks.items():
+        ask.record = json.dumps({"request_id": name, "store": name}) if name != "old" else "{}"
+        assert a.admit(ask, window=60) is None
+
+    def swept(counters, store):
+        orphans = counters.sweep(host="here", grace=75, alive=lambda pid: False, store=store)
+        return sorted(json.loads(o.record).get("request_id", "old") for o in orphans)
+    assert swept(b, "b") == ["b", "old"]
+    assert swept(b, "b") == []  # the other database's stays, for its own sidecar
+    assert swept(a, "a") == ["a"]
+
+
+def test_each_admission_names_its_store_and_a_sweep_of_another_leaves_it(tmp_path):
+    counters = LocalCounters(tmp_path / "l")
+    tag = store_tag(Settings(database_url="postgresql://db/ours"))
+    worker = Limits(counters, store=tag)
+    worker.admit(_exchange(rpm_limit=100))
+    counters.leave(worker.owner)  # the worker is gone: its admission is for a sweep to record
+    ours, theirs = Limits(counters, store=tag), Limits(counters, store=store_tag(Settings(database_url="postgresql://db/x")))
+    taken = []
+    theirs.on_orphans = ours.on_orphans = taken.extend
+    assert theirs.sweep() == [] and taken == []
+    (orphan,) = ours.sweep()
+    assert json.loads(orphan.record)["store"] == ours.store and taken == [orphan]
 
 
 def _hammer(path: str, results) -> None:
