@@ -314,9 +314,13 @@ def local_counters_path(settings) -> Path:
 
 def store_tag(settings) -> str:
     """12 hex digits naming the database of the spend records: its URL's hash without driver or password
-    (a new password or driver is the same database; a host, port, name or ``search_path`` is another)."""
+    (a new password or driver is the same database; a host, port, name or ``search_path`` is another).
+    A SQLite file is named by its resolved path, however the URL spells it; query options in any order."""
     p = make_url(database_url(settings))
-    plain = URL.create(p.get_backend_name(), p.username, None, p.host, p.port, p.database, p.query)
+    name = p.database
+    if p.get_backend_name() == "sqlite" and name and name != ":memory:" and not name.startswith("file:"):
+        name = str(Path(name).expanduser().resolve())
+    plain = URL.create(p.get_backend_name(), p.username, None, p.host, p.port, name, dict(sorted(p.query.items())))
     return hashlib.sha256(plain.render_as_string(hide_password=False).encode()).hexdigest()[:12]
 
 

@@ -228,6 +228,16 @@ def test_two_postgresql_databases_keep_their_admissions_apart_on_one_machine(tmp
                   "postgresql://app@db:5432/x?options=-csearch_path%3Dother"):
         assert path(other) != same, other
     assert "pw" not in str(same)
+    assert path("postgresql://app@db:5432/x?sslmode=require&application_name=a") == path(
+        "postgresql://app@db:5432/x?application_name=a&sslmode=require")
+
+
+def test_a_sqlite_store_is_one_store_however_its_path_is_spelt(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spellings = ["sqlite:///s.db", f"sqlite:///{tmp_path}/s.db", f"sqlite:///{tmp_path}/./s.db"]
+    assert len({store_tag(Settings(database_url=url)) for url in spellings}) == 1
+    assert store_tag(Settings(database_url=None, db_path=tmp_path / "s.db")) == store_tag(Settings(database_url=spellings[0]))
+    assert store_tag(Settings(database_url="sqlite:///other.db")) != store_tag(Settings(database_url=spellings[0]))
 
 
 def test_one_admission_takes_the_slot_and_the_hit_together_or_neither(two_counters):
