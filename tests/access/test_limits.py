@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from sidecar.access import admission
 from sidecar.access.admission import Ask, OverBudget, OverParallel, OverRpm, OverTpm, Stale
 from sidecar.access.auth import Caller
 from sidecar.access.limits import Limits, LocalCounters, RedisCounters, local_counters_path, store_tag
@@ -95,10 +96,11 @@ def test_parallel_slots_count_requests_in_flight_and_a_silent_owner_holds_none(b
     assert a.admit(_ask("other", parallel=1), window=60) is None
 
 
-def test_a_sweep_claims_only_its_own_database_s_admissions(backend):
+def test_a_sweep_claims_only_its_own_database_s_admissions(backend, caplog, monkeypatch):
     """Two sidecars on two databases sharing one Redis: each records a dead worker's admissions into its
     own spend log, so neither may claim the other's (a record naming no store is anyone's)."""
     a, b, _clock = backend
+    monkeypatch.setattr(admission, "_foreign_said", set())
     a.beat("dead", 1, "here", 60)
     asks = {name: _ask(owner="dead") for name in ("a", "b", "old")}
     for name, ask in asks.items():
@@ -110,6 +112,8 @@ def test_a_sweep_claims_only_its_own_database_s_admissions(backend):
         return sorted(json.loads(o.record).get("request_id", "old") for o in orphans)
     assert swept(b, "b") == ["b", "old"]
     assert swept(b, "b") == []  # the other database's stays, for its own sidecar
+    said = [r.getMessage() for r in caplog.records if "another database's sidecar" in r.getMessage()]
+    assert len(said) == 1 and "(store a; this one is b)" in said[0]  # said, once: a sweep runs every 2 s
     assert swept(a, "a") == ["a"]
 
 
