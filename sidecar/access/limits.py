@@ -312,15 +312,24 @@ def local_counters_path(settings) -> Path:
     return Path(f"{settings.db_path}-{store_tag(settings)}-limits")
 
 
+_PICKS_DATABASE = frozenset({"host", "hostaddr", "port", "dbname", "service", "options"})  # libpq's
+
+
 def store_tag(settings) -> str:
-    """12 hex digits naming the database of the spend records: its URL's hash without driver or password
-    (a new password or driver is the same database; a host, port, name or ``search_path`` is another).
-    A SQLite file is named by its resolved path, however the URL spells it; query options in any order."""
+    """12 hex digits naming the database of the spend records: a hash of what in its URL picks it (a SQLite
+    file's resolved path; PostgreSQL's user, host, port, database and the query options that pick a host,
+    database or schema), so a new password, driver, ``sslmode`` or spelling of the default port is the
+    same database, and no secret goes into the hash."""
     p = make_url(database_url(settings))
-    name = p.database
-    if p.get_backend_name() == "sqlite" and name and name != ":memory:" and not name.startswith("file:"):
-        name = str(Path(name).expanduser().resolve())
-    plain = URL.create(p.get_backend_name(), p.username, None, p.host, p.port, name, dict(sorted(p.query.items())))
+    backend, name = p.get_backend_name(), p.database
+    if backend == "sqlite":
+        if name and name != ":memory:" and not name.startswith("file:"):
+            name = str(Path(name).expanduser().resolve())
+        plain = URL.create(backend, database=name)
+    else:
+        query = {k: p.query[k] for k in sorted(p.query) if k in _PICKS_DATABASE}
+        port = p.port or (5432 if backend == "postgresql" else None)
+        plain = URL.create(backend, p.username, None, (p.host or "").lower() or None, port, name, query)
     return hashlib.sha256(plain.render_as_string(hide_password=False).encode()).hexdigest()[:12]
 
 
