@@ -12,7 +12,7 @@ from flask import Flask
 from sidecar.access.auth import Authenticator
 from sidecar.access.journal import Journal
 from sidecar.access.keys import KeyStore
-from sidecar.access.limits import Limits, RedisCounters, counters_for, journal_path, store_tag
+from sidecar.access.limits import Limits, RedisCounters, counters_for, journal_path, moved_paths, store_tag
 from sidecar.accounting import metrics
 from sidecar.accounting import telemetry as observability
 from sidecar.accounting.accountant import Accountant
@@ -73,6 +73,8 @@ def create_app(settings: Settings | None = None, *, adapter=None, clock: Clock |
                     store=store_tag(settings))
     spend_log.on_committed, limits.on_orphans = limits.recorded, spend_log.recover
     limits.sweep_at_start()  # what workers that died before this one started left unrecorded
+    if (moved := moved_paths(settings)) is not None:
+        limits.sweep_moved(*moved)
     redactor = Redactor(settings.secrets())
     readiness = health.Readiness({"store": store.check})
     if isinstance(limits.counters, RedisCounters):

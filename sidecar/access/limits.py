@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import uuid
 from pathlib import Path
@@ -34,6 +35,7 @@ from sidecar.access.admission import (
     Refusal,
     Stale,
 )
+from sidecar.access.journal import Journal
 from sidecar.access.keys import current_spend, iso
 from sidecar.access.local_counters import LocalCounters
 from sidecar.access.redis_counters import RedisCounters
@@ -268,6 +270,23 @@ class Limits:
                         type(exc).__name__)
             return []
 
+    def sweep_moved(self, counters_path: Path, journal_folder: Path) -> list[Orphan]:
+        """Once at start: what dead workers left in local files this store no longer uses (``moved_paths``),
+        so moving them loses no record. A live process's admissions there are left to its own siblings."""
+        found: list[Orphan] = []
+        try:
+            if counters_path.is_file():
+                found = LocalCounters(counters_path, self.clock).sweep(
+                    host=HOST, grace=SWEEP_GRACE, alive=_alive, mine=self.owner, store=self.store)
+                if found:
+                    self._recover(found)
+            if journal_folder.is_dir():
+                found += Journal(journal_folder).sweep(self._recover, self.store)
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("cannot sweep the local files of before %s (%s): what dead workers left there stays",
+                        counters_path, type(exc).__name__)
+        return found
+
     def close(self) -> None:
         """Stop beating and leave: what this process still holds is swept by the others."""
         self._stop.set()
@@ -302,12 +321,25 @@ def journal_path(settings) -> Path:
     return Path(str(local_counters_path(settings))[: -len("-limits")] + "-admissions")
 
 
+def moved_paths(settings) -> tuple[Path, Path] | None:
+    """Where a PostgreSQL store's limits file and journals were before they were named after its database
+    (``<SIDECAR_DB_PATH>-limits``, ``-admissions``): swept once at start (``Limits.sweep_moved``)."""
+    if _on_sqlite(settings):
+        return None
+    return Path(f"{settings.db_path}-limits"), Path(f"{settings.db_path}-admissions")
+
+
+def _on_sqlite(settings) -> bool:
+    url = settings.database_url or ""
+    return not url or url.startswith("sqlite:")
+
+
 def local_counters_path(settings) -> Path:
     """Next to the SQLite store; for a PostgreSQL store, next to ``SIDECAR_DB_PATH`` and named after the
     database, so that two sidecars of one machine on different databases never sweep each other's
     admissions into their own spend log."""
-    url = settings.database_url or ""
-    if not url or url.startswith("sqlite:///"):
+    if _on_sqlite(settings):
+        url = settings.database_url or ""
         return Path((url[len("sqlite:///"):] or str(settings.db_path)) + "-limits")
     return Path(f"{settings.db_path}-{store_tag(settings)}-limits")
 

@@ -13,7 +13,14 @@ import pytest
 from sidecar.access import admission
 from sidecar.access.admission import Ask, OverBudget, OverParallel, OverRpm, OverTpm, Stale
 from sidecar.access.auth import Caller
-from sidecar.access.limits import Limits, LocalCounters, RedisCounters, local_counters_path, store_tag
+from sidecar.access.limits import (
+    Limits,
+    LocalCounters,
+    RedisCounters,
+    local_counters_path,
+    moved_paths,
+    store_tag,
+)
 from sidecar.clock import FakeClock
 from sidecar.core.errors import BudgetExceeded, RateLimited, ServiceUnavailable
 from sidecar.core.exchange import Exchange
@@ -233,6 +240,24 @@ def test_two_postgresql_databases_keep_their_admissions_apart_on_one_machine(tmp
                   "postgresql://app@db:5432/x?options=-csearch_path%3Dother"):
         assert path(other) != same, other
     assert "pw" not in str(same)
+
+
+def test_an_upgrade_records_what_dead_workers_left_where_the_files_were_before(tmp_path):
+    """PostgreSQL's local files moved to names with the store's tag: a worker's start sweeps the old ones
+    once, so an admission a SIGKILLed worker of the previous version left there is still recorded."""
+    on_pg = Settings(database_url="postgresql://db/x", db_path=tmp_path / "local.sqlite3")
+    assert moved_paths(Settings(database_url=f"sqlite:///{tmp_path}/s.db")) is None
+    counters_path, journal_folder = moved_paths(on_pg)
+    old = _ask(owner="killed", rpm=10)
+    old.record = json.dumps({"request_id": "limited"})  # records named no store then
+    assert LocalCounters(counters_path).admit(old, window=60) is None
+    journal_folder.mkdir()
+    (journal_folder / "1-killed.journal").write_text('+a1 {"request_id": "unlimited", "cost": 0.1, "tokens": 1}\n')
+    limits, taken = Limits(LocalCounters(local_counters_path(on_pg)), store=store_tag(on_pg)), []
+    limits.on_orphans = taken.extend
+    limits.sweep_moved(counters_path, journal_folder)
+    assert sorted(json.loads(o.record)["request_id"] for o in taken) == ["limited", "unlimited"]
+    assert limits.sweep_moved(counters_path, journal_folder) == []  # once
 
 
 def test_a_sqlite_store_is_one_store_however_its_path_is_spelt(tmp_path, monkeypatch):
