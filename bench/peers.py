@@ -189,6 +189,20 @@ def floor(stack: contextlib.ExitStack, direct: str, tmp: Path) -> Side:
     return Side("floor", f"http://127.0.0.1:{port}", proc.pid, startup_s=up)
 
 
+STACK_FLOORS = ("flask+requests", "flask+urllib3", "wsgi+requests")
+
+
+def stack_floor(stack: contextlib.ExitStack, direct: str, tmp: Path, variant: str) -> Side:
+    """``stack_floor.py`` as ``variant``: what Flask and requests cost a proxy before any feature."""
+    port = free_port()
+    proc, up = stack.enter_context(process_group(
+        [PY, "-m", "gunicorn", "bench.stack_floor:app", "-k", "gevent", "-w", "2", "--worker-connections", "4000",
+         "--keep-alive", "75", "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
+        env={"FLOOR_UPSTREAM": direct, "STACK_FLOOR": variant}, what=variant, port=port,
+        log=tmp / f"{variant.replace('+', '-')}.log"))
+    return Side(variant, f"http://127.0.0.1:{port}", proc.pid, startup_s=up)
+
+
 def portkey(stack: contextlib.ExitStack, direct: str, tmp: Path, notes: list[str]) -> Side | None:
     """Portkey's Node gateway (one process, as its start-server runs), calling the fake as Mistral."""
     if not PORTKEY_SERVER.exists():

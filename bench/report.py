@@ -3,7 +3,7 @@ on the mean of the rounds."""
 
 from __future__ import annotations
 
-SIDES = ("direct", "floor", "sidecar", "portkey", "litellm")
+SIDES = ("direct", "floor", "wsgi+requests", "flask+urllib3", "flask+requests", "sidecar", "portkey", "litellm")
 LARGE = {"chat_400kb": 1.0, "ocr_10mb": 8.0, "embeddings_512x1kb": 8.0}  # added p50 ms at c=1
 TARGETS = {"cpu_vs_floor": 1.5, "rps_vs_portkey": 2.5, "rps_vs_litellm": 10.0, "p99_vs_floor_c16": 3.0,
            "added_p50_ms": 0.6, "added_p99_ms": 2.0, "held_over_bodies": 1.5, "stream_wall_vs_direct": 1.1,

@@ -191,11 +191,12 @@ def machine() -> dict:
 def scenarios(plan: dict, direct: str, bodies: dict, quick: bool) -> list[tuple[str, object, set | None]]:
     """(name, measure(side) -> dict, the sides it runs on: None for every side but direct)."""
     everyone = {"direct", "floor", "sidecar", "sidecar+otel", "portkey", "litellm"}
-    proxies = None
-    out = [(f"throughput_c{c}", lambda s, c=c: throughput(s, c, plan["throughput_seconds"]), everyone)
+    proxies = None  # every side but direct and the stack floors, which only measure plain chat
+    plain = everyone | set(peers.STACK_FLOORS)
+    out = [(f"throughput_c{c}", lambda s, c=c: throughput(s, c, plan["throughput_seconds"]), plain)
            for c in (16, 64)]
     out.append(("added_latency", lambda s: added_latency(direct, s, plan["pairs"] // (4 if s.name == "litellm" else 1)),
-                proxies))
+                plain - {"direct"}))
     for name, (path, file) in bodies.items():
         count = plan["large_pairs"] * (10 if name == "chat_400kb" else 1)
         out.append((name, lambda s, p=path, f=file, n=count: added_latency(direct, s, n, p, f, warmup=3), proxies))
@@ -256,7 +257,9 @@ def run(args) -> dict:
             traced.headers["Authorization"] = f"Bearer {virtual_key(otel_url)}"
             sides.append(traced)
             notes.append(f"sidecar+otel: the sidecar with spans and GenAI metrics exported over OTLP/HTTP to {sink}")
-        wanted = args.sides or {"direct", "floor", "sidecar", "sidecar+otel", "portkey", "litellm"}
+        if args.stack_floors:
+            sides += [peers.stack_floor(stack, direct, tmp, variant) for variant in peers.STACK_FLOORS]
+        wanted = args.sides or {"direct", "floor", "sidecar", "sidecar+otel", "portkey", "litellm", *peers.STACK_FLOORS}
         if not args.no_portkey and "portkey" in wanted:
             sides.append(peers.portkey(stack, direct, tmp, notes))
         if not args.no_litellm and "litellm" in wanted:
@@ -281,7 +284,8 @@ def run(args) -> dict:
                 if args.only and name not in args.only:
                     continue
                 for side in order:
-                    if (side.name != "direct" if who is None else side.name in who):
+                    if (side.name != "direct" and side.name not in peers.STACK_FLOORS if who is None
+                            else side.name in who):
                         result = sc.setdefault(name, {}).setdefault(side.name, [])
                         result.append(measure(fn, side))
                         log(f"{name:20} {side.name:8} {summary(name, result[-1])}")
@@ -332,6 +336,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--otel", action="store_true", help="add the sidecar with OpenTelemetry on (a local OTLP sink)")
     parser.add_argument("--no-portkey", action="store_true")
+    parser.add_argument("--stack-floors", action="store_true",
+                        help="add stack_floor.py's Flask/requests floors to the plain-chat scenarios")
     parser.add_argument("--only", type=lambda v: set(v.split(",")), default=None,
                         help="comma-separated scenarios to run (default: all)")
     parser.add_argument("--sides", type=lambda v: set(v.split(",")), default=None,
