@@ -117,6 +117,9 @@ def _still_open(sock) -> bool:
 
 
 ONE_SEND_MAX = 64 * 1024  # bodies up to this size go out with the request's header block
+# A file-like body (an upload, a spliced JSON body) is read and sent in blocks of this size. urllib3's
+# 16 KiB made a 10 MB body 615 sends, each also asking the socket its buffer size (gevent's sendall).
+BLOCK_SIZE = 256 * 1024
 
 
 class _OneSend:
@@ -179,6 +182,7 @@ class PooledAdapter(HTTPAdapter):
         return cls(pool_connections=4, pool_maxsize=settings.pool_size, max_retries=0)
 
     def init_poolmanager(self, *args, **kwargs) -> None:
+        kwargs.setdefault("blocksize", BLOCK_SIZE)
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
 
