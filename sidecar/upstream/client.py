@@ -241,7 +241,7 @@ class Upstream:
         prepared.url = requote_uri(url)
         prepared.headers = CaseInsensitiveDict(headers)
         prepared.headers["Accept-Encoding"] = "gzip, deflate"
-        if isinstance(body, (bytes, bytearray)):
+        if isinstance(body, (bytes, bytearray)) or hasattr(body, "__len__"):  # bytes, or a spliced JSON body
             prepared.headers["Content-Length"] = str(len(body))
         elif body is None and method not in ("GET", "HEAD"):
             prepared.headers["Content-Length"] = "0"

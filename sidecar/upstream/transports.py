@@ -88,15 +88,28 @@ def asked_from(request) -> Asked:
     if ctype == "multipart/form-data" and options.get("boundary") and body is not None:
         features["form"] = form_fields(body, options["boundary"])
     elif ctype == "application/x-www-form-urlencoded" and body:
-        raw = body if isinstance(body, (bytes, bytearray)) else body.encode() if isinstance(body, str) else b""
-        features["form"] = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+        features["form"] = dict(parse_qsl(_bytes_of(body).decode("utf-8", "replace"), keep_blank_values=True))
     elif body:
-        raw = body if isinstance(body, (bytes, bytearray)) else body.encode() if isinstance(body, str) else b""
+        raw = _bytes_of(body)
         try:
             features["json"] = json.loads(raw.decode("utf-8")) if raw else None
         except ValueError:
             features["json"] = None
     return Asked.from_url(request.method, request.url, **features)
+
+
+def _bytes_of(body) -> bytes | bytearray:
+    """A request body's bytes: as given, encoded, or read from a file-like one (rewound after)."""
+    if isinstance(body, (bytes, bytearray)):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    if hasattr(body, "read"):
+        body.seek(0)
+        data = body.read()
+        body.seek(0)
+        return data
+    return b""
 
 
 def form_fields(body, boundary: str) -> dict:

@@ -27,12 +27,12 @@ from sidecar.core.validation import SMALL_FIELD
 from sidecar.multipart import PartScan
 from sidecar.worker import read_body
 
+from .longjson import SCAN, DuplicateKey, Spliced, loads, loads_long, parse_long
+
 CHUNK = 64 * 1024
 SPOOL_IN_MEMORY = 1024 * 1024
 REPAIR_LIMIT = 1024 * 1024
 FORM_LIMIT = 1024 * 1024  # an url-encoded form holds text fields only (a file goes as multipart)
-LONG_STRING = 64 * 1024  # a JSON string this long (a data: URI, a pasted document) is decoded, not scanned
-LONG_WALK = 4096  # strings walked past to find the long ones before the body is scanned whole instead
 # A JSON string, or a comma whose next non-blank character closes an object or array.
 _STRING_OR_TRAILING_COMMA = re.compile(r'"(?:\\.|[^"\\])*"|,(\s*[}\]])')
 
@@ -43,6 +43,7 @@ class Body:
 
     raw: bytes | bytearray | None = None  # a bytearray when received straight from the socket (worker.read_body)
     file: object | None = None  # spooled multipart body
+    spliced: Spliced | None = None  # a JSON body mostly of long strings, held as its parsed strings (no ``raw``)
     size: int = 0
     json: object = None
     parts: frozenset[str] = frozenset()
@@ -55,105 +56,20 @@ class Body:
 
     @property
     def payload(self):
-        """What is forwarded: the spooled file, the bytes as the client sent them, or the edited JSON."""
+        """What is forwarded: the spooled file, the edited JSON, or the bytes as the client sent them."""
         if self.file is not None:
             self.file.seek(0)
             return self.file
         if self.edited:
             return json.dumps(self.json).encode()
+        if self.spliced is not None:
+            self.spliced.seek(0)
+            return self.spliced
         return self.raw
 
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
-
-
-class DuplicateKey(ValueError):
-    """A JSON object names one key twice: parsers disagree on which value wins (Python keeps the
-    last, others the first), so the sidecar's checks and Mistral could read different bodies."""
-
-
-def _unique_keys(pairs: list) -> dict:
-    """``object_pairs_hook`` for every body: one C-level ``dict`` plus a length check per object."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen = set()
-        for key, _value in pairs:
-            if key in seen:
-                raise DuplicateKey(key)
-            seen.add(key)
-    return obj
-
-
-def _loads(text):
-    return json.loads(text, object_pairs_hook=_unique_keys)
-
-
-_SCAN = object()  # _loads_long's "scan the whole text instead"
-
-
-def _loads_long(raw):
-    """The value of a body whose long strings are decoded straight from their bytes, or ``_SCAN``.
-
-    The JSON scanner reads a 10 MB data: URI character by character (~5 ms) into a second 10 MB string
-    after the decode of the whole body: here each long string without a backslash stands as the
-    constant ``NaN`` in the text it reads, and ``parse_constant`` hands back the string's UTF-8 text.
-    Anything unusual (the body's own NaN or Infinity, a malformed body, bad UTF-8) is ``_SCAN``, so the
-    whole-text path gives its usual answer. Raw control characters inside a long string are not refused
-    here (JSON forbids them, lenient parsers read them as text): Mistral judges those.
-    """
-    spans = _long_strings(raw)
-    if not spans:
-        return _SCAN
-    pieces, at = [], 0
-    for start, end in spans:
-        pieces += (raw[at:start - 1], b"NaN")
-        at = end + 1
-    pieces.append(raw[at:])
-    try:
-        text = b"".join(pieces).decode("utf-8")
-        if text.count("NaN") != len(spans) or "Infinity" in text:
-            return _SCAN
-        with memoryview(raw) as view:
-            values = iter([str(view[start:end], "utf-8") for start, end in spans])
-        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=lambda _constant: next(values))
-    except DuplicateKey:
-        raise
-    except (ValueError, RecursionError):  # UnicodeDecodeError is one
-        return _SCAN
-
-
-def _long_strings(raw) -> list[tuple[int, int]]:
-    """Where the string literals of at least ``LONG_STRING`` bytes without a backslash are (quotes
-    excluded), walking from quote to quote: outside a string, a quote can only open one.
-
-    The walk runs only when some aligned half-``LONG_STRING`` window holds no quote at all (a few
-    hundred ``find`` calls on a 10 MB body), and gives up after ``LONG_WALK`` strings.
-    """
-    find, size, half = raw.find, len(raw), LONG_STRING // 2
-    if size <= LONG_STRING or all(find(b'"', at, at + half) != -1 for at in range(0, size - half + 1, half)):
-        return []
-    spans, opened = [], find(b'"')
-    for _ in range(LONG_WALK):
-        if opened == -1:
-            return spans
-        closed = find(b'"', opened + 1)
-        while closed != -1 and _escaped(raw, closed):
-            closed = find(b'"', closed + 1)
-        if closed == -1:
-            return []
-        if closed - opened > LONG_STRING and find(b"\\", opened + 1, closed) == -1:
-            spans.append((opened + 1, closed))
-        opened = find(b'"', closed + 1)
-    return []
-
-
-def _escaped(raw, quote: int) -> bool:
-    """Whether the quote at ``quote`` (inside a string) is escaped: an odd run of backslashes before it."""
-    at = quote - 1
-    while raw[at] == 0x5C:
-        at -= 1
-    return (quote - 1 - at) % 2 == 1
 
 
 def _duplicate(exc: DuplicateKey) -> BadRequest:
@@ -167,8 +83,8 @@ def loads_lenient(raw: bytes):
     try:
         if _blank(raw):
             return None
-        value = _loads_long(raw)
-        return _loads(raw) if value is _SCAN else value
+        value = loads_long(raw)
+        return loads(raw) if value is SCAN else value
     except DuplicateKey as exc:
         raise _duplicate(exc) from None
     except (ValueError, RecursionError):
@@ -261,17 +177,18 @@ def read_json(request, limit: int, required: bool) -> Body:
     if mimetype and "json" not in mimetype:
         raise UnsupportedMediaType(f"Expected a JSON body (Content-Type: application/json), got '{mimetype}'.")
     try:
-        value = _loads_long(raw)
+        parsed = parse_long(raw)
     except DuplicateKey as exc:
         raise _duplicate(exc) from None
-    if value is not _SCAN:
-        return Body(raw=raw, size=len(raw), json=value)
+    if parsed is not SCAN:
+        value, spliced = parsed
+        return Body(raw=raw if spliced is None else None, spliced=spliced, size=len(raw), json=value)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("Request body is not valid UTF-8.", code="invalid_utf8") from None
     try:
-        return Body(raw=raw, size=len(raw), json=_loads(text))
+        return Body(raw=raw, size=len(raw), json=loads(text))
     except DuplicateKey as exc:
         raise _duplicate(exc) from None
     except (ValueError, RecursionError) as exc:
@@ -290,7 +207,7 @@ def _without_trailing_commas(text: str):
     if fixed == text:
         return None
     try:
-        return _loads(fixed)
+        return loads(fixed)
     except DuplicateKey as exc:
         raise _duplicate(exc) from None
     except (ValueError, RecursionError):

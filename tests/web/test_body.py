@@ -7,12 +7,13 @@ import base64
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from sidecar.web import body as bodies
+from sidecar.web import longjson
 
-LONG = bodies.LONG_STRING
+LONG = longjson.LONG_STRING
 # Short strings with what a JSON writer escapes (quotes, backslashes, control characters, non-ASCII) and
 # words the fast path must not confuse with its own stand-in.
 short = st.text(alphabet=st.sampled_from('ab"\\\n\t é€😀 NaN Infinity'), max_size=12)
@@ -27,29 +28,29 @@ values = st.recursive(st.none() | st.booleans() | st.integers() | short | long,
 @given(doc=values, ascii_only=st.booleans(), indent=st.sampled_from([None, 1]), kind=st.sampled_from([bytes, bytearray]))
 def test_a_body_parses_to_the_value_a_whole_text_parse_gives(doc, ascii_only, indent, kind):
     raw = kind(json.dumps({"model": "m", "x": doc}, ensure_ascii=ascii_only, indent=indent).encode())
-    value = bodies._loads_long(raw)
-    assert value is bodies._SCAN or value == json.loads(raw)
+    value = longjson.loads_long(raw)
+    assert value is longjson.SCAN or value == json.loads(raw)
 
 
 def test_a_data_uri_is_decoded_from_its_bytes():
     uri = "data:application/pdf;base64," + base64.b64encode(bytes(range(256)) * 1000).decode()
     raw = json.dumps({"model": "mistral-ocr-latest", "document": {"type": "document_url", "document_url": uri}}).encode()
-    assert bodies._long_strings(raw) == [(raw.index(b"data:"), raw.index(b"data:") + len(uri))]
-    assert bodies._loads_long(bytearray(raw)) == json.loads(raw)
+    assert longjson.long_strings(raw) == [(raw.index(b"data:"), raw.index(b"data:") + len(uri))]
+    assert longjson.loads_long(bytearray(raw)) == json.loads(raw)
 
 
 @pytest.mark.parametrize("before", ['say \\"hi\\"', "a backslash \\\\", '\\\\\\"', ""])
 def test_escaped_quotes_before_a_long_string_do_not_hide_it(before):
     raw = b'{"model": "m", "note": "' + before.encode() + b'", "document_url": "' + b"A" * LONG + b'"}'
     assert json.loads(raw)["document_url"] == "A" * LONG
-    assert bodies._loads_long(raw) == json.loads(raw)
+    assert longjson.loads_long(raw) == json.loads(raw)
 
 
 def test_bodies_without_long_strings_are_scanned_whole():
     many = json.dumps({"input": ["w" * 1000] * 512}).encode()  # 512 inputs of 1 KB: no quote-free window
-    assert bodies._long_strings(many) == [] and bodies._loads_long(many) is bodies._SCAN
+    assert longjson.long_strings(many) == [] and longjson.loads_long(many) is longjson.SCAN
     constants = json.dumps({"a": "x" * LONG * 2, "b": float("nan")}).encode()  # the body's own NaN
-    assert bodies._loads_long(constants) is bodies._SCAN
+    assert longjson.loads_long(constants) is longjson.SCAN
 
 
 def _ocr(uri_bytes: bytes, tail: bytes = b"}") -> bytes:
@@ -75,3 +76,57 @@ def test_a_body_with_a_long_string_is_refused_as_a_whole_text_parse_would_refuse
     if code == "invalid_json":  # where the fault is, in the body as sent
         assert response.json["message"].endswith(f"column {len(raw)}")
     assert fake.seen == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(doc=values, ascii_only=st.booleans(), size=st.sampled_from([3, 4096, -1]))
+def test_a_spliced_body_reads_back_byte_for_byte_in_any_read_size(doc, ascii_only, size):
+    raw = json.dumps({"model": "m", "x": doc, "y": "Z" * (LONG + 1)}, ensure_ascii=ascii_only).encode()
+    parsed = longjson.parse_long(bytearray(raw), splice_from=0)
+    assume(parsed is not longjson.SCAN and parsed[1] is not None)
+    spliced = parsed[1]
+    for _ in range(2):  # a retry reads it again from the start
+        spliced.seek(0)
+        chunks = list(iter(lambda: spliced.read(size), b""))
+        assert b"".join(chunks) == raw and len(spliced) == len(raw)
+        assert size < 0 or all(0 < len(chunk) <= size for chunk in chunks)
+
+
+def test_a_body_that_is_mostly_a_data_uri_is_held_once(client):
+    """The 10 MB OCR case: once parsed, the received buffer goes; the forwarded bytes are spliced back from
+    the very string the parsed value holds, so the body is not kept twice while Mistral answers."""
+    uri = "data:image/png;base64," + base64.b64encode(bytes(range(256)) * 5000).decode()  # 1.7 MB
+    raw = json.dumps({"model": "mistral-ocr-latest", "document": {"type": "image_url", "image_url": uri}}).encode()
+    with client.application.test_request_context("/v1/ocr", method="POST", data=raw, content_type="application/json"):
+        from flask import request
+        body = bodies.read_json(request, 50 * 1024 * 1024, required=True)
+    assert body.raw is None and body.size == len(raw)
+    assert any(segment is body.json["document"]["image_url"] for segment in body.spliced._segments)
+    assert body.payload.read() == raw
+    mostly_short = json.dumps({"model": "m", "a": "x" * LONG, "b": ["y" * 100] * 12000}).encode()
+    small = json.dumps({"model": "m", "a": "x" * (longjson.SPLICE_FROM // 2)}).encode()  # a 512 KB prompt
+    for kept_whole in (mostly_short, small):
+        with client.application.test_request_context("/v1/ocr", method="POST", data=kept_whole,
+                                                     content_type="application/json"):
+            kept = bodies.read_json(request, 50 * 1024 * 1024, required=True)
+        assert kept.spliced is None and kept.payload == kept_whole
+
+
+def test_a_spliced_body_is_sent_whole_again_on_a_retry(make_app, fake, clock):
+    from werkzeug.wrappers import Response
+
+    tries = []
+
+    def handler(request):
+        tries.append(request)
+        if len(tries) == 1:
+            return Response('{"object": "error", "message": "busy"}', 503, {"Content-Type": "application/json"})
+        return Response(json.dumps({"pages": [], "model": "mistral-ocr-latest", "usage_info": {"pages_processed": 1}}),
+                        200, {"Content-Type": "application/json"})
+
+    fake.on("POST", "/v1/ocr", handler)
+    raw = _ocr(b"data:application/pdf;base64," + base64.b64encode(b"%PDF" * 300_000))  # 1.6 MB: spliced
+    client = make_app(retries=1, retry_backoff=0.01, retry_max_wait=1.0).test_client()
+    response = client.post("/v1/ocr", data=raw, content_type="application/json")
+    assert response.status_code == 200, response.get_data()[:300]
+    assert [seen.body for seen in fake.seen] == [raw, raw]
