@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -248,6 +249,9 @@ def run(args) -> dict:
                        startup_cpu_s=round(peers.cpu_seconds(tree_pids(sidecar_proc.pid)), 2))
         sidecar.headers["Authorization"] = f"Bearer {virtual_key(sidecar_url)}"
         notes.append("sidecar: a virtual key, cost accounting on, 2 gevent workers")
+        if importlib.util.find_spec("pytest") is not None:  # the sidecar runs on this interpreter
+            notes.append(f"sidecar run from {sys.prefix}, which has the test packages too: its start-up and "
+                         "RSS are not a production install's (make bench uses a venv of the run lock only)")
         sides = [Side("direct", direct, fake.pid), peers.floor(stack, direct, tmp), sidecar]
         if args.otel:  # the same sidecar with OpenTelemetry on: its cost per request is the difference
             sink = stack.enter_context(peers.otlp_sink())
