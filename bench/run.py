@@ -211,13 +211,33 @@ def scenarios(plan: dict, direct: str, bodies: dict, quick: bool) -> list[tuple[
     return out
 
 
-def measure(fn, side: Side) -> dict:
+def settle(roots: list[int], limit: float = 30.0, quiet: float = 0.05) -> float:
+    """Wait until every server of the run (the trees of ``roots``) uses under ``quiet`` of a core over half a
+    second, at most ``limit`` seconds; returns the seconds waited. A side still busy with the scenario it
+    was just measured in (Portkey goes on relaying 1000 streams after its own run) would otherwise slow
+    the next side's measurement: seen here, a sidecar's 1000 streams took 10.9 s right after Portkey's
+    and 6.4 s otherwise."""
+    started, window = time.monotonic(), 0.5
+
+    def busy() -> float:  # CPU seconds the servers used over one window
+        pids = [p for root in roots for p in tree_pids(root)]
+        before = peers.cpu_seconds(pids)
+        time.sleep(window)
+        return peers.cpu_seconds(pids) - before
+
+    while time.monotonic() - started < limit and busy() >= quiet * window:
+        pass
+    return round(time.monotonic() - started, 1)
+
+
+def measure(fn, side: Side, roots: list[int]) -> dict:
+    settled = settle(roots)
     start = os.getloadavg()[0]
     try:
         result = fn(side)
     except RuntimeError as exc:  # one side failing one scenario is a result, not the end of the run
         result = {"failed": str(exc)[-500:]}
-    return {**result, "loadavg": [round(start, 2), round(os.getloadavg()[0], 2)]}
+    return {**result, "loadavg": [round(start, 2), round(os.getloadavg()[0], 2)], "settled_s": settled}
 
 
 def run(args) -> dict:
@@ -291,7 +311,7 @@ def run(args) -> dict:
                     if (side.name != "direct" and side.name not in peers.STACK_FLOORS if who is None
                             else side.name in who):
                         result = sc.setdefault(name, {}).setdefault(side.name, [])
-                        result.append(measure(fn, side))
+                        result.append(measure(fn, side, [s.pid for s in sides]))
                         log(f"{name:20} {side.name:8} {summary(name, result[-1])}")
         if args.soak:
             sc["soak"] = soak(sidecar, args.soak, log)
