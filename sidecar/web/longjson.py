@@ -112,6 +112,8 @@ class Spliced:
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
             return b"".join(iter(lambda: self.read(self.SLICE), b""))
+        if size == 0:
+            return b""
         chunk = self._pending or self._next(min(size, self.SLICE))
         self._pending = chunk[size:]
         return chunk[:size] if self._pending else chunk

@@ -87,6 +87,7 @@ def test_a_spliced_body_reads_back_byte_for_byte_in_any_read_size(doc, ascii_onl
     spliced = parsed[1]
     for _ in range(2):  # a retry reads it again from the start
         spliced.seek(0)
+        assert spliced.read(0) == b""  # reads nothing, skips nothing
         chunks = list(iter(lambda: spliced.read(size), b""))
         assert b"".join(chunks) == raw and len(spliced) == len(raw)
         assert size < 0 or all(0 < len(chunk) <= size for chunk in chunks)
