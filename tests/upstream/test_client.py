@@ -53,7 +53,7 @@ def test_the_next_request_on_the_connection_does_not_inherit_a_body():
     assert wire.sends[0].endswith(b"\r\n\r\n{}") and wire.sends[1].endswith(b"\r\n\r\n")
 
 
-def test_a_file_body_is_sent_in_blocks_of_256_kib_by_the_pooled_connection():
+def test_a_file_body_is_sent_in_large_blocks_by_the_pooled_connection():
     """requests hands urllib3 a 16 KiB block size: a 10 MB upload was 615 sends (and 615 socket-buffer
     queries by gevent); the adapter's pools read and send a file-like body in ``BLOCK_SIZE`` blocks."""
     import io
