@@ -90,7 +90,7 @@ def asked_from(request) -> Asked:
     elif ctype == "application/x-www-form-urlencoded" and body:
         features["form"] = dict(parse_qsl(_bytes_of(body).decode("utf-8", "replace"), keep_blank_values=True))
     elif body:
-        raw = _bytes_of(body)
+        raw = _bytes_of(body, files="json" in ctype)  # a spliced JSON body; never a spooled upload read whole
         try:
             features["json"] = json.loads(raw.decode("utf-8")) if raw else None
         except ValueError:
@@ -98,13 +98,13 @@ def asked_from(request) -> Asked:
     return Asked.from_url(request.method, request.url, **features)
 
 
-def _bytes_of(body) -> bytes | bytearray:
-    """A request body's bytes: as given, encoded, or read from a file-like one (rewound after)."""
+def _bytes_of(body, files: bool = False) -> bytes | bytearray:
+    """A request body's bytes: as given, encoded, or (with ``files``) read from a file-like one, rewound after."""
     if isinstance(body, (bytes, bytearray)):
         return body
     if isinstance(body, str):
         return body.encode()
-    if hasattr(body, "read"):
+    if files and hasattr(body, "read"):
         body.seek(0)
         data = body.read()
         body.seek(0)

@@ -177,3 +177,24 @@ def test_contracts_match_a_body_however_it_was_read(kind, body):
     assert asked_from(prepared).json == body
     if hasattr(prepared.body, "read"):
         assert prepared.body.read() == json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("ctype", ["application/octet-stream", "application/x-www-form-urlencoded"])
+def test_a_spooled_upload_that_is_not_json_is_not_read_whole_to_match_a_contract(ctype):
+    """A pass-through upload of any size is spooled to disk; matching it against contracts must not
+    read it into memory (only a JSON body is matched on its value)."""
+    import tempfile
+
+    from requests import PreparedRequest
+
+    from sidecar.upstream.transports import asked_from
+
+    class Unread(tempfile.SpooledTemporaryFile):
+        def read(self, *args):
+            raise AssertionError("the upload was read")
+
+    prepared = PreparedRequest()
+    prepared.prepare(method="POST", url="http://mistral.test/v1/files", headers={"Content-Type": ctype})
+    prepared.body = Unread()
+    asked = asked_from(prepared)
+    assert asked.json is None and not asked.form
