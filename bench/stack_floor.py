@@ -13,6 +13,7 @@ No routing table, auth, validation or accounting, as in ``floor.py``. Run:
 """
 
 import os
+from http import HTTPStatus
 
 import requests
 import urllib3
@@ -51,7 +52,7 @@ def wsgi_app(environ, start_response):
     if environ.get("CONTENT_TYPE"):
         headers["Content-Type"] = environ["CONTENT_TYPE"]
     status, out, data = _forward(environ["REQUEST_METHOD"], environ["PATH_INFO"], headers, environ["wsgi.input"].read())
-    start_response(f"{status} {requests.status_codes._codes.get(status, ('',))[0].upper()}", out)
+    start_response(f"{status} {HTTPStatus(status).phrase}", out)
     return [data]
 
 
