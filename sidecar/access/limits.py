@@ -249,11 +249,15 @@ class Limits:
         counters, then those in the journals (a journal is deleted only once ``on_orphans`` took it)."""
         if self.on_orphans is None:
             return []
-        orphans = self.counters.sweep(host=HOST, grace=SWEEP_GRACE, alive=_alive, mine=self.owner, store=self.store)
+        return self._sweep(self.counters, self.journal)
+
+    def _sweep(self, counters: Counters | None, journal: Journal | None) -> list[Orphan]:
+        orphans = [] if counters is None else counters.sweep(
+            host=HOST, grace=SWEEP_GRACE, alive=_alive, mine=self.owner, store=self.store)
         if orphans:
             self._recover(orphans)
-        if self.journal is not None:
-            orphans += self.journal.sweep(self._recover, self.store)
+        if journal is not None:
+            orphans += journal.sweep(self._recover, self.store)
         return orphans
 
     def _recover(self, orphans: list[Orphan]) -> None:
@@ -273,19 +277,15 @@ class Limits:
     def sweep_moved(self, counters_path: Path, journal_folder: Path) -> list[Orphan]:
         """Once at start: what dead workers left in local files this store no longer uses (``moved_paths``),
         so moving them loses no record. A live process's admissions there are left to its own siblings."""
-        found: list[Orphan] = []
+        if self.on_orphans is None:
+            return []
         try:
-            if counters_path.is_file():
-                found = LocalCounters(counters_path, self.clock).sweep(
-                    host=HOST, grace=SWEEP_GRACE, alive=_alive, mine=self.owner, store=self.store)
-                if found:
-                    self._recover(found)
-            if journal_folder.is_dir():
-                found += Journal(journal_folder).sweep(self._recover, self.store)
+            return self._sweep(LocalCounters(counters_path, self.clock) if counters_path.is_file() else None,
+                               Journal(journal_folder))
         except (sqlite3.Error, OSError) as exc:
             log.warning("cannot sweep the local files of before %s (%s): what dead workers left there stays",
                         counters_path, type(exc).__name__)
-        return found
+            return []
 
     def close(self) -> None:
         """Stop beating and leave: what this process still holds is swept by the others."""
