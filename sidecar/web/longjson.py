@@ -67,10 +67,10 @@ def parse_long(raw, splice_from: int = SPLICE_FROM):
                 around.append(bytes(view[at:start]))
                 at = end
             around.append(bytes(view[at:]))
+            text = b"NaN".join(piece[1 if i else 0:-1 if i < last else None] for i, piece in enumerate(around)).decode()
+            if text.count("NaN") != last or "Infinity" in text:
+                return SCAN  # before decoding the long strings: the whole text is scanned instead
             strings = [str(view[start:end], "utf-8") for start, end in spans]
-        text = b"NaN".join(piece[1 if i else 0:-1 if i < last else None] for i, piece in enumerate(around)).decode()
-        if text.count("NaN") != last or "Infinity" in text:
-            return SCAN
         values = iter(strings)
         value = json.loads(text, object_pairs_hook=unique_keys, parse_constant=lambda _constant: next(values))
     except DuplicateKey:
